@@ -1,0 +1,183 @@
+"""A synthetic COCO-format detection data set: the data of the tests, the quick start and the
+small-scale experiments.
+
+Each image has a random background (a linear gradient between two muted colours), clutter that is
+not one of the classes (thin lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five
+classes drawn in random order (later shapes occlude earlier ones). The data set reproduces, in
+miniature, what SED targets:
+- large scale variance: object sizes are log-uniform from 4 px to half the image side;
+- class imbalance: class frequencies 0.40 / 0.25 / 0.15 / 0.12 / 0.08;
+- background dominates: few objects per image, clutter, some background-only images.
+Category ids are deliberately not contiguous (1, 3, 7, 8, 12) so the id -> label mapping of
+`sed.data.CocoDetection` is exercised, and image heights vary (0.75, 1, 1.25 x width by default)
+so the aspect-ratio grouping of the sampler is exercised.
+
+Deterministic: the same arguments give byte-identical JSON and PNG files (numpy Generator seeded
+with [seed, split]; train and val use different streams).
+
+    python -m sed.synthetic data/shapes --num-train 200 --num-val 50 --seed 0 --image-size 128
+writes data/shapes/annotations/{train,val}.json and data/shapes/{train,val}/*.png.
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+# (COCO category id, name, sampling weight): non-contiguous ids, unequal frequencies.
+CATEGORIES = [(1, "rectangle", 0.40), (3, "ellipse", 0.25), (7, "triangle", 0.15),
+              (8, "cross", 0.12), (12, "diamond", 0.08)]
+MIN_OBJECT_SIZE = 4          # px, smallest object side before aspect jitter
+MAX_OBJECTS = 8              # objects per non-empty image: uniform in 1..MAX_OBJECTS
+MIN_CONTRAST = 140.0         # minimum RGB distance between an object and the background colours
+
+
+def _draw_shape(name, w, h):
+    """Mask [h, w] (PIL "L", 255 inside) of one filled shape that touches the borders of its box."""
+    mask = Image.new("L", (w, h), 0)
+    d = ImageDraw.Draw(mask)
+    r, b = w - 1, h - 1      # right and bottom pixel (ImageDraw coordinates are inclusive)
+    if name == "rectangle":
+        d.rectangle([0, 0, r, b], fill=255)
+    elif name == "ellipse":
+        d.ellipse([0, 0, r, b], fill=255)
+    elif name == "triangle":
+        d.polygon([(r / 2, 0), (r, b), (0, b)], fill=255)
+    elif name == "cross":    # two bars, each a third of the box thick
+        d.rectangle([r / 3, 0, 2 * r / 3, b], fill=255)
+        d.rectangle([0, b / 3, r, 2 * b / 3], fill=255)
+    elif name == "diamond":
+        d.polygon([(r / 2, 0), (r, b / 2), (r / 2, b), (0, b / 2)], fill=255)
+    return mask
+
+
+def _background(rng, w, h):
+    """Linear gradient between two muted colours along a random direction -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    angle = rng.uniform(0, 2 * np.pi)
+    ys, xs = np.mgrid[0:h, 0:w]
+    t = (xs * np.cos(angle) + ys * np.sin(angle)) / max(w, h)     # [h, w]
+    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
+    pixels = c0 + t[..., None] * (c1 - c0)                         # [h, w, 3]
+    return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
+
+
+def _object_colour(rng, bg_colours):
+    """A random colour far from both background colours (visible contrast)."""
+    while True:
+        colour = rng.integers(0, 256, size=3)
+        if all(np.linalg.norm(colour - c) >= MIN_CONTRAST for c in bg_colours):
+            return tuple(int(v) for v in colour)
+
+
+def _clutter(rng, img):
+    """Non-annotated distractors: thin lines, arcs and pixel-noise blobs."""
+    w, h = img.size
+    d = ImageDraw.Draw(img)
+    for _ in range(rng.integers(2, 7)):
+        colour = tuple(int(v) for v in rng.integers(0, 256, size=3))
+        x0, x1 = sorted(rng.uniform(0, w, size=2))
+        y0, y1 = sorted(rng.uniform(0, h, size=2))
+        kind = rng.integers(3)
+        if kind == 0:
+            d.line([x0, y0, x1, y1], fill=colour, width=int(rng.integers(1, 3)))
+        elif kind == 1:
+            start = float(rng.uniform(0, 360))
+            d.arc([x0, y0, x1 + 1, y1 + 1], start, start + float(rng.uniform(30, 200)), fill=colour)
+        else:   # a patch of random pixels
+            s = int(rng.integers(3, max(4, min(w, h) // 6)))
+            px, py = int(rng.integers(0, w - s + 1)), int(rng.integers(0, h - s + 1))
+            img.paste(Image.fromarray(rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8)), (px, py))
+
+
+def _render(rng, w, h, empty):
+    """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
+    img, bg_colours = _background(rng, w, h)
+    _clutter(rng, img)
+    anns = []
+    n = 0 if empty else int(rng.integers(1, MAX_OBJECTS + 1))
+    weights = np.array([c[2] for c in CATEGORIES])
+    for k in rng.choice(len(CATEGORIES), size=n, p=weights / weights.sum()):
+        cat_id, name, _ = CATEGORIES[k]
+        # log-uniform size, aspect jitter in [1/1.5, 1.5], then fit inside the image
+        size = np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(min(w, h) / 2)))
+        aspect = np.exp(rng.uniform(-np.log(1.5), np.log(1.5)))
+        bw = int(np.clip(round(size * np.sqrt(aspect)), MIN_OBJECT_SIZE, w))
+        bh = int(np.clip(round(size / np.sqrt(aspect)), MIN_OBJECT_SIZE, h))
+        x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
+        mask = _draw_shape(name, bw, bh)
+        img.paste(_object_colour(rng, bg_colours), (x, y), mask)
+        # tight box around the drawn pixels (COCO: x, y of the top-left pixel, w, h in pixels)
+        ys, xs = np.nonzero(np.asarray(mask))
+        box = [x + int(xs.min()), y + int(ys.min()),
+               int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+        anns.append((cat_id, box, int(len(xs))))
+    # mild sensor noise over everything
+    pixels = np.asarray(img, dtype=np.int16) + rng.integers(-8, 9, size=(h, w, 3), dtype=np.int16)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), anns
+
+
+def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, empty_fraction):
+    """Render one split into OUT/<split>/*.png and OUT/annotations/<split>.json."""
+    image_dir = out_dir / split
+    image_dir.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in tqdm(range(num_images), desc=f"synthetic {split}", leave=False):
+        w = image_size
+        h = int(round(image_size * float(rng.choice(height_ratios))))
+        empty = bool(rng.random() < empty_fraction)
+        img, anns = _render(rng, w, h, empty)
+        file_name = f"{i:06d}.png"
+        img.save(image_dir / file_name)
+        images.append({"id": i + 1, "file_name": file_name, "width": w, "height": h})
+        for cat_id, box, area in anns:
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat_id,
+                                "bbox": box, "area": area, "iscrowd": 0})
+    coco = {"images": images, "annotations": annotations,
+            "categories": [{"id": c, "name": n} for c, n, _ in CATEGORIES]}
+    ann_file = out_dir / "annotations" / f"{split}.json"
+    ann_file.parent.mkdir(parents=True, exist_ok=True)
+    ann_file.write_text(json.dumps(coco))
+    return ann_file, image_dir
+
+
+def generate(out_dir, num_train=200, num_val=50, seed=0, image_size=128,
+             height_ratios=(0.75, 1.0, 1.25), empty_fraction=0.05):
+    """Write the data set; returns {"train_ann", "train_images", "val_ann", "val_images"} (Paths).
+
+    height_ratios: image height = round(image_size * choice(height_ratios)), width = image_size;
+    pass (1.0,) for square images. empty_fraction: probability that a train image has no objects
+    (val images always have at least one).
+    """
+    out_dir = Path(out_dir)
+    paths = {}
+    for split_index, (split, n, empty) in enumerate([("train", num_train, empty_fraction),
+                                                     ("val", num_val, 0.0)]):
+        rng = np.random.default_rng([seed, split_index])   # separate stream per split
+        paths[f"{split}_ann"], paths[f"{split}_images"] = _write_split(
+            out_dir, split, n, rng, image_size, height_ratios, empty)
+    return paths
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Write a synthetic COCO-format shapes data set.")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--num-train", type=int, default=200, help="number of train images")
+    p.add_argument("--num-val", type=int, default=50, help="number of val images")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    p.add_argument("--image-size", type=int, default=128, help="image width in pixels")
+    p.add_argument("--height-ratios", type=float, nargs="+", default=[0.75, 1.0, 1.25],
+                   help="image height = width * one of these (pass 1 for square images)")
+    p.add_argument("--empty-fraction", type=float, default=0.05,
+                   help="fraction of train images with no objects")
+    args = p.parse_args(argv)
+    paths = generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
+                     tuple(args.height_ratios), args.empty_fraction)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""sed.data: validation errors, label mapping, image modes, box handling, flip, samplers, loaders."""
+import itertools
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from sed import synthetic
+from sed.data import (CocoDetection, TrainBatchSampler, collate, make_eval_loader, make_loader)
+
+CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]
+
+
+def _write(tmp_path, images, annotations, categories=CATS, modes=None):
+    """Hand-written COCO file + PNGs of the sizes in `images` -> (ann_file, image_dir)."""
+    image_dir = tmp_path / "images"
+    image_dir.mkdir(exist_ok=True)
+    for img in images:
+        mode = (modes or {}).get(img["id"], "RGB")
+        Image.new(mode, (img["width"], img["height"])).save(image_dir / img["file_name"])
+    ann_file = tmp_path / "ann.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                    "categories": categories}))
+    return ann_file, image_dir
+
+
+def _img(i, w=40, h=30):
+    return {"id": i, "file_name": f"{i}.png", "width": w, "height": h}
+
+
+def _ann(i, image_id, cat, bbox, **extra):
+    return {"id": i, "image_id": image_id, "category_id": cat, "bbox": bbox, "iscrowd": 0,
+            "area": 1.0, **extra}
+
+
+# ---- validation -------------------------------------------------------------------------------
+
+def test_missing_annotation_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.json: annotation file not found"):
+        CocoDetection(tmp_path / "nope.json", tmp_path)
+
+
+def test_not_coco(tmp_path):
+    (tmp_path / "a.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"a.json: not a COCO annotation file \(not valid JSON\)"):
+        CocoDetection(tmp_path / "a.json", tmp_path)
+    (tmp_path / "b.json").write_text(json.dumps({"annotations": [], "categories": []}))
+    with pytest.raises(ValueError, match=r"b.json: not a COCO annotation file \(missing 'images'\)"):
+        CocoDetection(tmp_path / "b.json", tmp_path)
+
+
+def test_unknown_category(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(17, 1, 4, [0, 0, 5, 5])])
+    with pytest.raises(ValueError, match="ann.json: annotation 17 has category_id 4, not in"):
+        CocoDetection(ann_file, image_dir)
+
+
+@pytest.mark.parametrize("bbox", [[0, 0, 5], [0, 0, "5", 5], [0, float("nan"), 5, 5], None])
+def test_malformed_bbox(tmp_path, bbox):
+    ann_file, image_dir = _write(tmp_path, [_img(3)], [_ann(1, 3, 5, bbox)])
+    with pytest.raises(ValueError, match=r"ann.json: image 3 has malformed bbox"):
+        CocoDetection(ann_file, image_dir)
+
+
+def test_missing_image_file(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [])
+    (image_dir / "1.png").unlink()
+    ds = CocoDetection(ann_file, image_dir)
+    with pytest.raises(FileNotFoundError, match=r"1.png: image file not found \(image id 1\)"):
+        ds[0]
+
+
+# ---- labels, images, boxes --------------------------------------------------------------------
+
+def test_category_mapping_round_trip(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(1, 1, 90, [0, 0, 5, 5]),
+                                                      _ann(2, 1, 2, [1, 1, 5, 5])])
+    ds = CocoDetection(ann_file, image_dir)
+    assert ds.num_classes == 3
+    assert ds.cat_id_to_label == {2: 1, 5: 2, 90: 3}
+    assert ds.class_names == ["dog", "cat", "bird"]
+    assert all(ds.label_to_cat_id[ds.cat_id_to_label[c]] == c for c in (2, 5, 90))
+    assert ds[0][1]["labels"].tolist() == [3, 1]
+
+
+def test_image_modes_become_rgb(tmp_path):
+    images = [_img(1), _img(2), _img(3), _img(4, 7, 9)]
+    ann_file, image_dir = _write(tmp_path, images, [],
+                                 modes={1: "L", 2: "RGBA", 3: "P", 4: "RGB"})
+    Image.new("L", (40, 30), 255).save(image_dir / "1.png")      # white grayscale image
+    ds = CocoDetection(ann_file, image_dir)
+    for i, (h, w) in enumerate([(30, 40), (30, 40), (30, 40), (9, 7)]):
+        image, target = ds[i]
+        assert image.shape == (3, h, w) and image.dtype == torch.float32
+        assert target["orig_size"] == (h, w)
+    assert torch.all(ds[0][0] == 1.0)
+
+
+def test_empty_crowd_clip_degenerate(tmp_path):
+    images = [_img(1), _img(2)]
+    anns = [_ann(1, 2, 5, [-5, 2, 10, 10]),                      # clipped to [0, 2, 5, 12]
+            _ann(2, 2, 5, [35, 25, 10, 10]),                     # clipped to [35, 25, 40, 30]
+            _ann(3, 2, 2, [1, 1, 3, 3], iscrowd=1),              # crowd: ignored
+            _ann(4, 2, 2, [10, 10, 0.5, 4]),                     # degenerate: w < 1
+            _ann(5, 2, 2, [39.5, 3, 10, 10])]                    # degenerate after clipping
+    ann_file, image_dir = _write(tmp_path, images, anns)
+    with pytest.warns(UserWarning, match=r"ann.json: dropped 2 degenerate boxes \(w or h < 1\)") as rec:
+        ds = CocoDetection(ann_file, image_dir)
+    assert len(rec) == 1
+    _, t0 = ds[0]
+    assert t0["boxes"].shape == (0, 4) and t0["labels"].shape == (0,) and t0["image_id"] == 1
+    _, t1 = ds[1]
+    assert t1["boxes"].tolist() == [[0, 2, 5, 12], [35, 25, 40, 30]]
+    assert t1["labels"].tolist() == [2, 2] and t1["boxes"].dtype == torch.float32
+    assert ds.aspect_ratios() == [40 / 30, 40 / 30]
+
+
+def test_no_warning_when_nothing_dropped(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(1, 1, 5, [0, 0, 5, 5])])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        CocoDetection(ann_file, image_dir)
+
+
+def test_flip(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(1, 1, 5, [2, 3, 10, 4])])
+    pixels = np.zeros((30, 40, 3), np.uint8)
+    pixels[0, 0] = 255                                           # top-left pixel white
+    Image.fromarray(pixels).save(image_dir / "1.png")
+    ds = CocoDetection(ann_file, image_dir)
+    image, target = ds[(0, True)]
+    assert target["boxes"].tolist() == [[40 - 12, 3, 40 - 2, 7]] and target["flipped"]
+    assert image[:, 0, 39].tolist() == [1, 1, 1] and image[:, 0, 0].tolist() == [0, 0, 0]
+    image, target = ds[0]
+    assert target["boxes"].tolist() == [[2, 3, 12, 7]] and not target["flipped"]
+    assert image[:, 0, 0].tolist() == [1, 1, 1]
+
+
+def test_image_ids_subset_keeps_file_order_and_summary(tmp_path):
+    images = [_img(7), _img(3), _img(5)]
+    anns = [_ann(1, 3, 5, [0, 0, 5, 5]), _ann(2, 3, 2, [0, 0, 40, 30]), _ann(3, 5, 5, [0, 0, 5, 5])]
+    ann_file, image_dir = _write(tmp_path, images, anns)
+    ds = CocoDetection(ann_file, image_dir, image_ids=[5, 7])
+    assert ds.image_ids == [7, 5] and len(ds) == 2
+    assert CocoDetection(ann_file, image_dir).subset([5, 3]).image_ids == [3, 5]
+    with pytest.raises(ValueError, match="ann.json: 1 requested image ids not in the file"):
+        CocoDetection(ann_file, image_dir, image_ids=[4])
+    text = CocoDetection(ann_file, image_dir).summary()
+    assert "3 images (1 without boxes), 3 boxes" in text
+    assert "boxes per class: cat: 2, dog: 1" in text
+
+
+def test_synthetic_round_trip(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=5, num_val=2, seed=0, image_size=48)
+    ds = CocoDetection(paths["train_ann"], paths["train_images"])
+    assert ds.num_classes == 5 and ds.class_names[0] == "rectangle"
+    images, targets = collate([ds[0], ds[(1, True)]])
+    assert len(images) == 2 and images[0].shape[0] == 3 and targets[1]["flipped"]
+
+
+# ---- samplers and loaders ---------------------------------------------------------------------
+
+RATIOS = [1.0, 0.8, 1.25, 0.75, 1.0, 1.33, 0.6, 1.0, 2.0, 0.5, 1.0]   # 11 images, both orientations
+
+
+def _take(sampler, k):
+    return list(itertools.islice(iter(sampler), k))
+
+
+def test_sampler_deterministic_and_resumable():
+    a = _take(TrainBatchSampler(RATIOS, 2, seed=3), 30)
+    assert a == _take(TrainBatchSampler(RATIOS, 2, seed=3), 30)
+    assert a != _take(TrainBatchSampler(RATIOS, 2, seed=4), 30)
+    for k in (1, 7, 12):
+        assert _take(TrainBatchSampler(RATIOS, 2, seed=3, start_iter=k), 30 - k) == a[k:]
+
+
+def test_sampler_orientation_groups_and_flips():
+    batches = _take(TrainBatchSampler(RATIOS, 3, seed=0), 40)
+    for batch in batches:
+        assert len(batch) == 3
+        assert len({RATIOS[i] >= 1 for i, _ in batch}) == 1
+    flips = [f for batch in batches for _, f in batch]
+    assert 0.3 < np.mean(flips) < 0.7
+    none = _take(TrainBatchSampler(RATIOS, 3, seed=0, flip_prob=0.0), 10)
+    assert not any(f for batch in none for _, f in batch)
+    assert [i for b in none for i, _ in b] == [i for b in batches[:10] for i, _ in b]
+
+
+def test_sampler_ranks_disjoint_within_epoch():
+    ratios = [1.0] * 10                                        # one group: batches follow the epoch
+    shards = [[i for b in _take(TrainBatchSampler(ratios, 1, seed=5, rank=r, world_size=3), 3)
+               for i, _ in b] for r in range(3)]               # 10 // 3 = 3 images each
+    assert all(len(s) == 3 for s in shards)
+    assert len(set(sum(shards, []))) == 9
+    with pytest.raises(ValueError, match="rank"):
+        TrainBatchSampler(ratios, 1, seed=0, rank=3, world_size=3)
+
+
+def test_loaders(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=6, num_val=5, seed=0, image_size=32)
+    ds = CocoDetection(paths["train_ann"], paths["train_images"])
+    sampler = TrainBatchSampler(ds.aspect_ratios(), 2, seed=0)
+    images, targets = next(iter(make_loader(ds, sampler, workers=0)))
+    first = next(iter(sampler))
+    assert [t["image_id"] for t in targets] == [ds.image_ids[i] for i, _ in first]
+    assert [t["flipped"] for t in targets] == [f for _, f in first] and len(images) == 2
+    val = CocoDetection(paths["val_ann"], paths["val_images"])
+    seen = [[t["image_id"] for _, ts in make_eval_loader(val, 2, 0, rank=r, world_size=2)
+             for t in ts] for r in range(2)]
+    assert seen == [val.image_ids[0::2], val.image_ids[1::2]]

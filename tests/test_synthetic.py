@@ -1,0 +1,57 @@
+"""sed.synthetic: deterministic, valid COCO, imbalanced classes, wide range of object sizes."""
+import json
+from collections import Counter
+
+import numpy as np
+from PIL import Image
+from pycocotools.coco import COCO
+
+from sed import synthetic
+
+
+def _files(paths):
+    """{relative name: bytes} of everything generate() wrote."""
+    root = paths["train_ann"].parent.parent
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes_other_seed_differs(tmp_path):
+    a = _files(synthetic.generate(tmp_path / "a", num_train=6, num_val=3, seed=3, image_size=64))
+    b = _files(synthetic.generate(tmp_path / "b", num_train=6, num_val=3, seed=3, image_size=64))
+    c = _files(synthetic.generate(tmp_path / "c", num_train=6, num_val=3, seed=4, image_size=64))
+    assert len(a) == 6 + 3 + 2 and a == b
+    assert a.keys() == c.keys()
+    assert a["annotations/train.json"] != c["annotations/train.json"]
+    assert a["train/000000.png"] != c["train/000000.png"]
+    assert a["train/000000.png"] != a["val/000000.png"]      # train and val use different streams
+
+
+def test_valid_coco_imbalanced_sizes_and_boxes_inside(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=150, num_val=10, seed=0, image_size=128)
+    coco = COCO(str(paths["train_ann"]))
+    cat_ids = sorted(coco.getCatIds())
+    assert cat_ids == [1, 3, 7, 8, 12]
+    counts = Counter(a["category_id"] for a in coco.dataset["annotations"])
+    assert counts[1] > counts[3] > counts[7] and counts[1] > 3 * counts[12] > 0
+    sides = np.array([np.sqrt(a["bbox"][2] * a["bbox"][3]) for a in coco.dataset["annotations"]])
+    assert sides.min() <= 8 and sides.max() >= 48        # few pixels .. about half the image
+    heights = {img["height"] for img in coco.dataset["images"]}
+    assert heights == {96, 128, 160}                       # non-square images for grouping
+    annotated = {a["image_id"] for a in coco.dataset["annotations"]}
+    assert any(img["id"] not in annotated for img in coco.dataset["images"])   # background-only
+    for img in coco.dataset["images"]:
+        with Image.open(paths["train_images"] / img["file_name"]) as im:
+            assert im.size == (img["width"], img["height"]) and im.mode == "RGB"
+        for a in coco.imgToAnns[img["id"]]:
+            x, y, w, h = a["bbox"]
+            assert a["iscrowd"] == 0 and w >= 1 and h >= 1 and 0 < a["area"] <= w * h
+            assert x >= 0 and y >= 0 and x + w <= img["width"] and y + h <= img["height"]
+
+
+def test_cli_writes_layout(tmp_path):
+    synthetic.main([str(tmp_path), "--num-train", "2", "--num-val", "1", "--seed", "1",
+                    "--image-size", "32", "--height-ratios", "1"])
+    train = json.loads((tmp_path / "annotations" / "train.json").read_text())
+    assert [i["file_name"] for i in train["images"]] == ["000000.png", "000001.png"]
+    assert all(i["width"] == i["height"] == 32 for i in train["images"])
+    assert (tmp_path / "val" / "000000.png").exists()
