@@ -26,11 +26,11 @@ clean:
 # Sizes are make variables: `make demo DEMO_ITERS=1000 DEMO_DEVICE=cuda`.
 DEMO_DATA ?= data/synthetic
 DEMO_OUT ?= runs/demo
-DEMO_TRAIN ?= 200
-DEMO_VAL ?= 50
-DEMO_SIZE ?= 128
-DEMO_ITERS ?= 300
-DEMO_BATCH ?= 4
+DEMO_TRAIN ?= 100
+DEMO_VAL ?= 30
+DEMO_SIZE ?= 96
+DEMO_ITERS ?= 100
+DEMO_BATCH ?= 2
 DEMO_LR ?= 0.01
 DEMO_WORKERS ?= 2
 DEMO_DEVICE ?= cpu
@@ -47,3 +47,6 @@ demo: $(STAMP)
 	$(PY) eval.py --ckpt $(DEMO_OUT)/last.pt --val-ann $(DEMO_DATA)/annotations/val.json \
 		--val-images $(DEMO_DATA)/val --device $(DEMO_DEVICE) --workers $(DEMO_WORKERS) \
 		--json $(DEMO_OUT)/val_metrics.json --dets $(DEMO_OUT)/val_detections.json
+
+bench: $(STAMP)
+	$(PY) -m sed.bench

@@ -1,0 +1,167 @@
+"""COCO box AP of a checkpoint written by train.py, or its detections on a folder of images.
+
+    python eval.py --ckpt out/sup10/last.pt --val-ann coco/annotations/instances_val2017.json \
+        --val-images coco/val2017 --json out/sup10/val_metrics.json --dets out/sup10/val_dets.json \
+        --visualize out/sup10/val_pictures
+    python eval.py --ckpt out/sup10/last.pt --images my_photos --visualize out/sup10/my_photos
+    torchrun --standalone --nproc_per_node 8 eval.py --ckpt ... (each rank infers its shard)
+
+The model is rebuilt from the checkpoint's config (classes, backbone, sizes); SED checkpoints
+are evaluated with the EMA teacher unless --model student.
+--val-ann: prints the 12 COCOeval numbers, writes them (percent) to --json and the detections
+(COCO results format) to --dets.
+--images FOLDER: no metrics; the detections of every png/jpg/jpeg/bmp file of FOLDER (sorted by
+name) go to --dets (default FOLDER_detections.json, next to the folder), COCO results format plus
+"file_name"; image_id is the index in the sorted order, category_id the checkpoint's COCO ids.
+--visualize DIR: the first --max-images pictures with detections >= --score-thr (red, "name
+score") and, for --val-ann, the ground truth (green), as DIR/<image_id>.png (--val-ann) or
+DIR/<file name>.png (--images).
+"""
+import argparse
+import json
+import os
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torchvision.transforms.functional import to_tensor
+
+import sed
+from sed import distributed
+from sed.checkpoint import load_checkpoint
+from sed.config import from_dict, model_options
+from sed.data import CocoDetection
+from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
+from sed.visualize import visualize_dataset
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+def image_files(folder):
+    """The image files of `folder` (not recursive), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """The images of a folder with the interface of sed.data.CocoDetection that predict() and
+    visualize_dataset() use: dataset[i] -> (image [3,H,W] float 0..1 RGB, target with no boxes:
+    {"boxes": [0,4], "labels": [0], "image_id": i, "file_name"}), class_names, label_to_cat_id."""
+
+    def __init__(self, folder, class_names, label_to_cat_id):
+        self.files = image_files(folder)
+        self.class_names, self.label_to_cat_id = class_names, label_to_cat_id
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, index):
+        with Image.open(self.files[index]) as im:
+            image = to_tensor(im.convert("RGB"))  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
+        return image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                       "image_id": index, "file_name": self.files[index].name}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description="Evaluate a train.py checkpoint with COCO box AP, "
+                                            "or run it on a folder of images.")
+    p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (OUT/last.pt)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--val-ann", help="COCO json of the evaluation images")
+    source.add_argument("--images", help="folder of images to run the detector on (no metrics)")
+    p.add_argument("--val-images", help="directory of the evaluation images (with --val-ann)")
+    p.add_argument("--json", default="", help="write the 12 metrics (percent) here (with --val-ann)")
+    p.add_argument("--dets", default="", help="write the detections (COCO results format) here; "
+                                              "with --images default FOLDER_detections.json")
+    p.add_argument("--visualize", default="", metavar="DIR", help="write pictures with the detections here")
+    p.add_argument("--score-thr", type=float, default=0.5, help="--visualize draws detections >= this score")
+    p.add_argument("--max-images", type=int, default=50, help="--visualize draws the first N images")
+    p.add_argument("--model", choices=("teacher", "student"), default=None,
+                   help="which weights to evaluate; default: teacher when the checkpoint has one")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                   help="autocast precision of the inference")
+    p.add_argument("--batch-size", type=int, default=8, help="images per batch and process")
+    p.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    args = p.parse_args(argv)
+    if not os.path.isfile(args.ckpt):
+        p.error(f"--ckpt: file not found: {args.ckpt}")
+    if args.val_ann:
+        if not os.path.isfile(args.val_ann):
+            p.error(f"--val-ann: file not found: {args.val_ann}")
+        if not args.val_images or not os.path.isdir(args.val_images):
+            p.error(f"--val-images: directory not found: {args.val_images} (required with --val-ann)")
+    else:
+        if args.val_images or args.json:
+            p.error("--val-images and --json need --val-ann (no metrics without annotations)")
+        if not os.path.isdir(args.images):
+            p.error(f"--images: directory not found: {args.images}")
+        if not image_files(args.images):
+            p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images}")
+        args.dets = args.dets or str(Path(args.images)) + "_detections.json"
+    if args.max_images < 0:
+        p.error(f"--max-images must be >= 0, got {args.max_images}")
+    return args
+
+
+def build_from_checkpoint(ckpt, which):
+    """The detector of a checkpoint: its config's architecture with the chosen weights."""
+    model = sed.build_model(backbone_weights=None, **model_options(from_dict(ckpt["config"])))
+    model.load_state_dict(ckpt[which])
+    return model
+
+
+def write_json(obj, path):
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1 if isinstance(obj, dict) else None)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    dist_info = distributed.setup(args.device)
+    ckpt = load_checkpoint(args.ckpt)
+    which = args.model or ("teacher" if "teacher" in ckpt else "student")
+    if which == "teacher" and "teacher" not in ckpt:
+        raise SystemExit(f"{args.ckpt}: has no teacher weights (supervised run); use --model student")
+    if dist_info.is_main and args.model is None and which == "student":
+        print(f"{args.ckpt}: no teacher in the checkpoint, evaluating the student (trained) weights")
+    model = build_from_checkpoint(ckpt, "model" if which == "student" else "teacher").to(dist_info.device)
+    names = ckpt.get("class_names")
+
+    if args.val_ann:
+        data = CocoDetection(args.val_ann, args.val_images)
+        if names is not None and names != data.class_names:
+            raise SystemExit(f"{args.val_ann}: classes {data.class_names} differ from the checkpoint's {names}")
+        metrics = evaluate(model, data, dist_info.device, args.dtype, args.batch_size, args.workers, dist_info)
+        if dist_info.is_main:
+            print(f"{args.ckpt} ({which}, iteration {ckpt['iteration']}): "
+                  + "  ".join(f"{k} {metrics[k]:.2f}" for k in METRIC_NAMES))
+            if args.json:
+                write_json({k: metrics[k] for k in METRIC_NAMES}, args.json)
+            if args.dets:
+                write_json(metrics["detections"], args.dets)
+    else:
+        num_classes = ckpt["config"]["num_classes"]
+        # checkpoints without the mapping (not written by train.py): COCO category id = label
+        label_to_cat_id = ckpt.get("label_to_cat_id") or {k: k for k in range(1, num_classes + 1)}
+        data = ImageFolder(args.images, names, label_to_cat_id)
+        shard = predict(model, data, dist_info.device, args.dtype, args.batch_size, args.workers, dist_info)
+        results = [r for rank_results in distributed.all_gather_objects(shard) for r in rank_results]
+        if dist_info.is_main:
+            results.sort(key=lambda r: r["image_id"])  # stable: each image keeps its score order
+            for r in results:
+                r["file_name"] = data.files[r["image_id"]].name
+            write_json(results, args.dets)
+            print(f"{len(data)} images, {len(results)} detections -> {args.dets}")
+
+    if args.visualize and dist_info.is_main:
+        # runs the model again on these few images: simpler than mapping COCO results back
+        with autocast(dist_info.device, args.dtype):
+            paths = visualize_dataset(model, data, range(min(args.max_images, len(data))), args.visualize,
+                                      dist_info.device, args.score_thr, args.batch_size)
+        print(f"{len(paths)} pictures (detections >= {args.score_thr}) -> {args.visualize}")
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main()

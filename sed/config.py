@@ -1,0 +1,183 @@
+"""Training configuration: one dataclass, one CLI flag per field (`--field-name`).
+
+Defaults are the usual Faster R-CNN R50-FPN "1x" recipe (detectron2 / torchvision references:
+90k iterations at a total batch of 16, lr 0.02, steps at 60k and 80k). `--lr 0` (the default)
+applies the linear scaling rule `lr = 0.02 * total_batch / 16` (Goyal et al. 2017) to the batch
+actually used; scale the iteration counts inversely to the batch yourself.
+"""
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+DTYPES = ("float32", "bfloat16", "float16")
+METHODS = ("supervised", "sed")
+
+
+def _help(text, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
+    """A dataclass field whose help text becomes the CLI help."""
+    if default_factory is not dataclasses.MISSING:
+        return field(default_factory=default_factory, metadata={"help": text})
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    train_ann: str = _help("COCO json of the training images (labeled + unlabeled pool)", "")
+    train_images: str = _help("directory of the training images", "")
+    val_ann: str = _help("COCO json used for evaluation", "")
+    val_images: str = _help("directory of the evaluation images", "")
+    labeled_percent: float = _help("percent of train images that keep their labels (0, 100]", 100.0)
+    split_seed: int = _help("seed / fold of the random labeled split (COCO-standard folds 1-5)", 1)
+    split_file: str = _help("json with the labeled image ids (overrides percent/seed)", "")
+    labeled_ann: str = _help("ready-made COCO json of the labeled part (overrides the split)", "")
+    unlabeled_ann: str = _help("ready-made COCO json of the unlabeled part", "")
+    method: str = _help("training method: supervised | sed", "supervised")
+    num_classes: int = _help("foreground classes C; 0 = read from train_ann", 0)
+    # --- model ---
+    backbone: str = _help("resnet18 | resnet34 | resnet50", "resnet50")
+    backbone_weights: str = _help("imagenet (needs internet once) | none | path to a .pth", "imagenet")
+    trainable_layers: int = _help("trainable ResNet stages (0-5), the rest frozen as in torchvision", 3)
+    min_size: tuple = _help("shorter side for training, one picked per batch (multi-scale)",
+                            default_factory=lambda: (640, 672, 704, 736, 768, 800))
+    max_size: int = _help("cap on the longer side", 1333)
+    anchor_sizes: tuple = _help("anchor size of each level P2-P6 (doubling per level)",
+                                default_factory=lambda: (32, 64, 128, 256, 512))
+    rpn_proposals: tuple = _help("RPN proposals per image (train, eval), before and after NMS",
+                                 default_factory=lambda: (2000, 1000))
+    roi_batch_size: int = _help("RoIs sampled per image for the box-head loss", 512)
+    # --- optimisation (1x schedule at batch 16: 90k iterations, steps at 60k and 80k) ---
+    max_iter: int = _help("number of training iterations", 90000)
+    batch_size: int = _help("labeled images per iteration and process", 16)
+    lr: float = _help("base learning rate; 0 = linear scaling rule 0.02 * total_batch / 16", 0.0)
+    momentum: float = _help("SGD momentum", 0.9)
+    weight_decay: float = _help("SGD weight decay", 1e-4)
+    warmup_iters: int = _help("linear warmup length in iterations", 1000)
+    warmup_factor: float = _help("lr multiplier at iteration 0 of the warmup", 0.001)
+    lr_steps: list = _help("iterations at which lr is multiplied by lr_gamma",
+                           default_factory=lambda: [60000, 80000])
+    lr_gamma: float = _help("step decay factor", 0.1)
+    grad_clip: float = _help("max gradient L2 norm; 0 = off", 0.0)
+    # --- SED (SED_NOTES.md; defaults are the notes' design choices) ---
+    unlabeled_batch_size: int = _help("unlabeled images per iteration and process; 0 = 4x batch_size", 0)
+    ema_momentum: float = _help("teacher EMA momentum m: theta_t <- m theta_t + (1-m) theta_s", 0.999)
+    unsup_weight: float = _help("lambda_u in L = L_sup + lambda_u L_unsup", 4.0)
+    burn_in_iters: int = _help("supervised-only iterations before distillation starts", 2000)
+    rampup_iters: int = _help("linear ramp of lambda_u after burn-in; 0 = step", 0)
+    distill: bool = _help("soft self-distillation (off = hard pseudo-labels only)", True)
+    scale_consistency: bool = _help("scale-equivalent loss on the 0.5x downsampled view", True)
+    reweight: bool = _help("teacher-confidence re-weighting of the distillation losses", True)
+    hard_pseudo_labels: bool = _help("add the thresholded hard pseudo-label loss", False)
+    pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
+    distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
+    weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
+    weight_floor: float = _help("lower bound of the classification weights", 0.0)
+    teacher_proposals: int = _help("teacher proposals per image used as RoIs for distillation", 512)
+    strong_color_jitter: float = _help("strength of the strong view's colour jitter", 0.4)
+    strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
+    strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)
+    strong_erase_prob: float = _help("probability of random erasing in the strong view", 0.7)
+    eval_model: str = _help("which model SED evaluates and eval.py prefers: teacher | student", "teacher")
+    diagnostics_images: int = _help("SED: unlabeled images whose pseudo-labels are measured against their "
+                                    "ground truth at each evaluation (measurement only); 0 = off", 64)
+    # --- loop, logging, system ---
+    eval_every: int = _help("evaluate every N iterations (and at the end); 0 = only at the end", 5000)
+    checkpoint_every: int = _help("write OUT/last.pt every N iterations (and at the end)", 5000)
+    log_every: int = _help("write a line to OUT/log.jsonl every N iterations", 20)
+    out: str = _help("output directory", "runs/train")
+    device: str = _help("cuda | cpu (torchrun: cuda:LOCAL_RANK)",
+                        "cuda" if torch.cuda.is_available() else "cpu")
+    dtype: str = _help("float32 | bfloat16 | float16 (autocast; GradScaler for float16)", "float32")
+    seed: int = _help("seed of model init, sampler and augmentation", 0)
+    workers: int = _help("data loader worker processes per rank", 4)
+    eval_batch_size: int = _help("images per inference batch and process", 8)
+    resume: str = _help("checkpoint to continue from exactly (e.g. OUT/last.pt)", "")
+    tensorboard: bool = _help("also write the logged scalars to OUT/tensorboard (needs tensorboard)", False)
+
+    def __post_init__(self):
+        self.min_size = tuple(int(s) for s in self.min_size)
+        self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
+        self.rpn_proposals = tuple(int(s) for s in self.rpn_proposals)
+        self.lr_steps = [int(s) for s in self.lr_steps]
+
+
+def validate(cfg: TrainConfig, check_files=True):
+    """Raise a one-line ValueError for the first problem found."""
+    checks = [
+        (0 < cfg.labeled_percent <= 100, f"labeled_percent must be in (0, 100], got {cfg.labeled_percent}"),
+        (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
+        (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
+        (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
+        (cfg.num_classes >= 0, f"num_classes must be >= 0, got {cfg.num_classes}"),
+        (cfg.max_iter > 0 and cfg.batch_size > 0, "max_iter and batch_size must be positive"),
+        (cfg.lr >= 0, f"lr must be >= 0 (0 = linear scaling rule), got {cfg.lr}"),
+        (len(cfg.min_size) > 0 and min(cfg.min_size) > 0, f"min_size must be positive, got {cfg.min_size}"),
+        (0 <= cfg.trainable_layers <= 5, f"trainable_layers must be in 0..5, got {cfg.trainable_layers}"),
+        (0 <= cfg.ema_momentum <= 1, f"ema_momentum must be in [0, 1], got {cfg.ema_momentum}"),
+        (cfg.lr_steps == sorted(cfg.lr_steps), f"lr_steps must be increasing, got {cfg.lr_steps}"),
+        (len(cfg.anchor_sizes) == 5, f"anchor_sizes needs one size per level P2-P6, got {cfg.anchor_sizes}"),
+        (len(cfg.rpn_proposals) == 2, f"rpn_proposals is (train, eval), got {cfg.rpn_proposals}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
+    if not check_files:
+        return
+    for name in ("train_ann", "val_ann", "split_file", "labeled_ann", "unlabeled_ann", "resume"):
+        path = getattr(cfg, name)
+        if path and not os.path.isfile(path):
+            raise ValueError(f"{name}: file not found: {path}")
+    for name in ("train_images", "val_images"):
+        path = getattr(cfg, name)
+        if path and not os.path.isdir(path):
+            raise ValueError(f"{name}: directory not found: {path}")
+    if not (cfg.train_ann or cfg.labeled_ann):
+        raise ValueError("give --train-ann (or --labeled-ann) and --train-images")
+    if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):
+        raise ValueError(f"backbone_weights: file not found: {cfg.backbone_weights}")
+
+
+def build_parser():
+    """One flag per TrainConfig field; help and defaults come from the dataclass."""
+    parser = argparse.ArgumentParser(description="Train Faster R-CNN supervised or with SED.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        flag, default, kwargs = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), {}
+        if f.type is bool:
+            kwargs = dict(action=argparse.BooleanOptionalAction)
+        elif f.type in (tuple, list):
+            kwargs = dict(nargs="+", type=type(default[0]) if default else int)
+        else:
+            kwargs = dict(type=f.type)
+        if f.name in ("method", "dtype", "eval_model"):
+            kwargs["choices"] = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student")}[f.name]
+        parser.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
+    return parser
+
+
+def parse_args(argv=None, check_files=True) -> TrainConfig:
+    """CLI -> validated TrainConfig. Unknown flags and invalid values exit with a usage error."""
+    parser = build_parser()
+    cfg = TrainConfig(**vars(parser.parse_args(argv)))
+    try:
+        validate(cfg, check_files)
+    except ValueError as e:
+        parser.error(str(e))  # one line on stderr, exit status 2
+    return cfg
+
+
+def from_dict(d) -> TrainConfig:
+    """Rebuild a config saved with dataclasses.asdict (ignores keys of newer/older versions)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def model_options(cfg: TrainConfig) -> dict:
+    """The keyword arguments of sed.build_model that a config fixes (train.py and eval.py)."""
+    return dict(num_classes=cfg.num_classes, backbone=cfg.backbone, trainable_layers=cfg.trainable_layers,
+                min_size=cfg.min_size, max_size=cfg.max_size, anchor_sizes=cfg.anchor_sizes,
+                rpn_proposals=cfg.rpn_proposals, roi_batch_size=cfg.roi_batch_size)

@@ -1,0 +1,80 @@
+"""The SED teacher: an exponential moving average of the student (SED_NOTES.md "Framework") and
+its soft outputs on the weak view, the targets of the distillation losses (sed/losses.py).
+"""
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+import sed.rpn
+
+
+def make_teacher(student):
+    """A frozen copy of the student (unwrapped from DDP), in eval mode: trained by EMA, not gradients."""
+    teacher = copy.deepcopy(getattr(student, "module", student))
+    teacher.requires_grad_(False)
+    return teacher.eval()
+
+
+def ema_momentum_at(iteration, cfg):
+    """EMA momentum m at an iteration. design choice (as Unbiased Teacher): m = 0 during the
+    supervised burn-in, i.e. the teacher is a copy of the student when distillation starts."""
+    return 0.0 if iteration < cfg.burn_in_iters else cfg.ema_momentum
+
+
+@torch.no_grad()
+def ema_update(teacher, student, momentum):
+    """theta_t <- m * theta_t + (1 - m) * theta_s for every parameter; buffers are copied.
+
+    Call after optimizer.step(). student may be DDP-wrapped (its .module is used).
+    """
+    student = getattr(student, "module", student)
+    student_params = dict(student.named_parameters())
+    for name, p in teacher.named_parameters():
+        p.mul_(momentum).add_(student_params[name].detach(), alpha=1 - momentum)
+    student_buffers = dict(student.named_buffers())
+    for name, b in teacher.named_buffers():
+        b.copy_(student_buffers[name])
+
+
+@dataclass
+class SoftTargets:
+    """Teacher outputs on the weak view, all detached: the targets of SED_NOTES sections 1-2.
+
+    Coordinates are those of the weak batch (resized, padded), which the strong view shares.
+    """
+    rpn_prob: Tensor         # [B, R] objectness probability per anchor, flattened (level, y, x, anchor)
+    rpn_deltas: Tensor       # [B, R, 4] anchor deltas (model.rpn.box_coder, weights 1,1,1,1)
+    level_sizes: list        # anchors per level P2..P6 (A * H_l * W_l); they cut rpn_* into levels
+    proposals: list          # per image [P_i, 4] xyxy, the teacher's top cfg.teacher_proposals after NMS
+    roi_probs: Tensor        # [P, C+1] class distribution at temperature cfg.distill_temperature, P = sum P_i
+    roi_labels: Tensor       # [P] arg-max foreground class, 1..C
+    roi_deltas: Tensor       # [P, 4] deltas of that class (model.roi_heads.box_coder, weights 10,10,5,5)
+    roi_fg: Tensor           # [P] 1 - p_background at temperature 1: the RoI weight of SED_NOTES section 3
+    features: list           # P2..P6, each [B, 256, H_l, W_l]
+    detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
+
+
+@torch.no_grad()
+def predict_soft(teacher, weak_batch, cfg):
+    """Teacher forward on the weak batch (from sed.views.make_views) -> SoftTargets."""
+    feats = teacher.features(weak_batch.tensors)
+    obj, deltas = teacher.rpn.head(feats)
+    level_sizes = [o[0].numel() for o in obj]
+    anchors = teacher.rpn.anchors(weak_batch, feats)
+    all_proposals = teacher.rpn.propose(anchors, obj, deltas, weak_batch.image_sizes)
+    proposals = [p[:cfg.teacher_proposals] for p in all_proposals]  # propose() sorts by objectness
+    obj, deltas = (x.float() for x in sed.rpn.flatten_outputs(obj, deltas))  # float32 targets under autocast
+    class_logits, box_deltas = (x.float() for x in teacher.roi_heads.predict(feats, proposals))
+    probs = class_logits.softmax(dim=1)
+    labels = probs[:, 1:].argmax(dim=1) + 1
+    rows = torch.arange(len(labels), device=labels.device)
+    detections = None
+    if cfg.hard_pseudo_labels or not cfg.distill:  # = teacher.detect(weak_batch), reusing the features
+        detections = teacher.roi_heads.detect(feats, all_proposals, weak_batch.image_sizes)
+    return SoftTargets(
+        rpn_prob=obj.sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes, proposals=proposals,
+        roi_probs=(class_logits / cfg.distill_temperature).softmax(dim=1), roi_labels=labels,
+        roi_deltas=box_deltas.reshape(len(labels), probs.shape[1], 4)[rows, labels], roi_fg=1 - probs[:, 0],
+        features=feats, detections=detections)

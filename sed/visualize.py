@@ -1,0 +1,89 @@
+"""Draw detections (and ground truth) on images and write them as PNG files.
+
+Detections are red with "name score" labels, ground truth is green with names (black text on a
+box-coloured background); drawing is torchvision's `draw_bounding_boxes`. Labels use DejaVuSans
+when Pillow finds it (size scaled to the image, at least 10 pt, so small images stay readable),
+else Pillow's default bitmap font.
+"""
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageFont
+from torchvision.utils import draw_bounding_boxes
+
+DET_COLOR = (255, 0, 0)   # red
+GT_COLOR = (0, 255, 0)    # green
+FONT = "DejaVuSans.ttf"   # Pillow searches the system font directories for it
+
+
+def _font():
+    """FONT if Pillow can load it, else None (draw_bounding_boxes' default font)."""
+    try:
+        ImageFont.truetype(FONT, 10)
+        return FONT
+    except OSError:
+        return None
+
+
+def _name(class_names, label):
+    """Class name of a 1..C label (class_names index = label - 1), the number if unknown."""
+    return class_names[label - 1] if class_names and 1 <= label <= len(class_names) else str(label)
+
+
+def _draw(image, boxes, labels, color, width, font):
+    if len(boxes) == 0:  # draw_bounding_boxes warns on an empty set
+        return image
+    font_size = max(10, min(image.shape[-2:]) // 25) if font else None
+    # black text on a box-coloured background: readable on any image
+    return draw_bounding_boxes(image, boxes.cpu(), labels, colors=color, width=width,
+                               font=font, font_size=font_size, fill_labels=True)
+
+
+def draw_detections(image, dets, class_names=None, score_thr=0.5, gt=None, width=2):
+    """image [3,H,W] float 0..1; dets {"boxes" [K,4], "scores" [K], "labels" [K]} in its pixels;
+    gt {"boxes", "labels"} or None. Returns uint8 [3,H,W]: detections with score >= score_thr
+    (red, "name score") over the ground truth (green, "name")."""
+    out = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    font = _font()
+    if gt is not None:
+        names = [_name(class_names, int(label)) for label in gt["labels"]]
+        out = _draw(out, gt["boxes"], names, GT_COLOR, width, font)
+    keep = dets["scores"] >= score_thr
+    names = [f"{_name(class_names, int(label))} {float(score):.2f}"
+             for label, score in zip(dets["labels"][keep], dets["scores"][keep])]
+    return _draw(out, dets["boxes"][keep], names, DET_COLOR, width, font)
+
+
+def save_png(image, path):
+    """Write uint8 [3,H,W] to `path` (parent directories created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(path)
+
+
+def save_visualizations(images, dets, out_dir, class_names=None, score_thr=0.5, gts=None, names=None):
+    """One PNG per image into out_dir, named names[i] (default: the index); returns the paths."""
+    paths = []
+    for i, (image, det) in enumerate(zip(images, dets)):
+        path = Path(out_dir) / f"{names[i] if names else i}.png"
+        save_png(draw_detections(image, det, class_names, score_thr, gts[i] if gts else None), path)
+        paths.append(path)
+    return paths
+
+
+@torch.no_grad()
+def visualize_dataset(model, dataset, indices, out_dir, device="cpu", score_thr=0.5, batch_size=4):
+    """Run `model` (eval mode, restored afterwards) on dataset[i] for i in indices and write
+    out_dir/<image_id>.png (<file_name>.png if the target has one) with its detections and the
+    ground truth; returns the paths."""
+    was_training = model.training
+    model.eval()
+    indices, paths = list(indices), []
+    class_names = getattr(dataset, "class_names", None)
+    for start in range(0, len(indices), batch_size):
+        images, targets = zip(*(dataset[i] for i in indices[start:start + batch_size]))
+        dets = model([image.to(device) for image in images])
+        names = [t.get("file_name", t.get("image_id", i))  # eval.py --images: "photo.jpg" -> photo.jpg.png
+                 for t, i in zip(targets, indices[start:start + batch_size])]
+        paths += save_visualizations(images, dets, out_dir, class_names, score_thr, targets, names)
+    model.train(was_training)
+    return paths

@@ -1,0 +1,69 @@
+"""CLI flags are generated from TrainConfig; validation gives one-line errors."""
+import dataclasses
+
+import pytest
+
+from sed.config import TrainConfig, build_parser, from_dict, parse_args, validate
+
+
+def test_every_field_has_a_flag_and_help():
+    flags = {a.dest: a for a in build_parser()._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert f.name in flags, f.name
+        assert f.metadata["help"]
+    assert "--train-ann" in flags["train_ann"].option_strings
+
+
+def test_defaults_and_types():
+    cfg = parse_args([], check_files=False)
+    assert cfg == TrainConfig()
+    assert cfg.min_size == (640, 672, 704, 736, 768, 800) and cfg.lr_steps == [60000, 80000]
+    assert (cfg.ema_momentum, cfg.unsup_weight, cfg.pseudo_threshold) == (0.999, 4.0, 0.7)
+
+
+def test_values_from_flags():
+    cfg = parse_args(["--min-size", "64", "96", "--lr-steps", "5", "--lr", "0.1", "--method", "sed",
+                      "--batch-size", "3", "--no-distill", "--no-scale-consistency", "--no-reweight",
+                      "--hard-pseudo-labels"], check_files=False)
+    assert cfg.min_size == (64, 96) and cfg.lr_steps == [5] and cfg.lr == 0.1 and cfg.batch_size == 3
+    assert cfg.method == "sed" and not cfg.distill and not cfg.scale_consistency and not cfg.reweight
+    assert cfg.hard_pseudo_labels
+    assert parse_args(["--distill"], check_files=False).distill
+
+
+def test_unknown_flag_and_bad_choice_exit():
+    with pytest.raises(SystemExit):
+        parse_args(["--not-a-flag", "1"], check_files=False)
+    with pytest.raises(SystemExit):
+        parse_args(["--dtype", "float8"], check_files=False)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--labeled-percent", "0"], "labeled_percent must be in (0, 100]"),
+    (["--labeled-percent", "101"], "labeled_percent must be in (0, 100]"),
+    (["--trainable-layers", "7"], "trainable_layers must be in 0..5"),
+    (["--lr-steps", "10", "5"], "lr_steps must be increasing"),
+])
+def test_validation_messages(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv, check_files=False)
+    assert message in capsys.readouterr().err
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+        validate(TrainConfig(**vars(build_parser().parse_args(argv))), check_files=False)
+
+
+def test_missing_files_are_named(tmp_path, capsys):
+    ann = tmp_path / "a.json"
+    ann.write_text("{}")
+    for argv, message in [(["--train-ann", str(tmp_path / "nope.json")], f"train_ann: file not found: {tmp_path}"),
+                          (["--train-ann", str(ann), "--train-images", str(tmp_path / "imgs")],
+                           "train_images: directory not found"),
+                          ([], "give --train-ann")]:
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_round_trip_through_dict():
+    cfg = parse_args(["--min-size", "64", "--method", "sed"], check_files=False)
+    assert from_dict({**dataclasses.asdict(cfg), "unknown_old_key": 1}) == cfg

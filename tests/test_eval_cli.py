@@ -1,0 +1,127 @@
+"""eval.py end to end on a tiny checkpoint: --visualize on the validation set, --images FOLDER."""
+import dataclasses
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import sed
+from sed.checkpoint import save_checkpoint
+from sed.config import TrainConfig
+from sed.evaluation import METRIC_NAMES
+from sed.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
+eval_script = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(eval_script)
+
+CLASS_NAMES = ["rectangle", "ellipse", "triangle", "cross", "diamond"]  # sed.synthetic, ids 1 3 7 8 12
+LABEL_TO_CAT_ID = {1: 1, 2: 3, 3: 7, 4: 8, 5: 12}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Synthetic data and a random-weight checkpoint whose class-1 logit is raised by 5, so that
+    detections with scores above 0.5 exist."""
+    tmp = tmp_path_factory.mktemp("eval_cli")
+    data = generate(tmp / "shapes", num_train=4, num_val=3, seed=0, image_size=64)
+    torch.manual_seed(0)
+    model = sed.build_model(5, backbone="resnet18", backbone_weights=None, min_size=64, max_size=64)
+    with torch.no_grad():
+        model.roi_heads.predictor.cls_score.bias[1] += 5.0
+    config = dataclasses.asdict(TrainConfig(num_classes=5, backbone="resnet18", backbone_weights="none",
+                                            min_size=(64,), max_size=64))
+    ckpt = tmp / "last.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "iteration": 0, "config": config,
+                           "class_names": CLASS_NAMES, "label_to_cat_id": LABEL_TO_CAT_ID})
+    return data, ckpt
+
+
+def run(ckpt, *args):
+    eval_script.main(["--ckpt", str(ckpt), "--device", "cpu", "--workers", "0", "--batch-size", "2", *args])
+
+
+def test_visualize_validation_set(setup, tmp_path):
+    data, ckpt = setup
+    run(ckpt, "--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"]),
+        "--json", str(tmp_path / "m.json"), "--visualize", str(tmp_path / "pics"), "--max-images", "2")
+    assert set(json.loads((tmp_path / "m.json").read_text())) == set(METRIC_NAMES)
+    coco = json.loads(Path(data["val_ann"]).read_text())
+    pictures = sorted((tmp_path / "pics").iterdir())
+    assert [p.name for p in pictures] == [f"{img['id']}.png" for img in coco["images"][:2]]
+    for picture, info in zip(pictures, coco["images"]):
+        with Image.open(picture) as im:
+            assert im.size == (info["width"], info["height"]) and im.mode == "RGB"
+
+
+@pytest.fixture
+def folder(setup, tmp_path):
+    """The validation PNGs, one converted to a greyscale JPEG, and a file that is not an image."""
+    data, _ = setup
+    folder = tmp_path / "photos"
+    shutil.copytree(data["val_images"], folder)
+    first = sorted(folder.glob("*.png"))[0]
+    with Image.open(first) as im:
+        im.convert("L").save(folder / "grey.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def test_images_folder(setup, folder, tmp_path):
+    _, ckpt = setup
+    run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"),
+        "--visualize", str(tmp_path / "pics"))
+    files = sorted(p.name for p in folder.iterdir() if p.suffix != ".txt")
+    dets = json.loads((tmp_path / "dets.json").read_text())
+    assert isinstance(dets, list) and len(dets) > 0
+    for d in dets:
+        assert set(d) == {"image_id", "category_id", "bbox", "score", "file_name"}
+        assert d["category_id"] in LABEL_TO_CAT_ID.values() and 0 <= d["score"] <= 1
+        assert len(d["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in d["bbox"])
+        assert d["file_name"] == files[d["image_id"]]
+    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [f"{f}.png" for f in files]
+    with Image.open(tmp_path / "pics" / "grey.jpg.png") as im:
+        assert im.mode == "RGB"
+    assert any(d["score"] >= 0.5 for d in dets)  # so the pictures have red boxes
+    with Image.open(folder / files[0]) as a, Image.open(tmp_path / "pics" / f"{files[0]}.png") as b:
+        assert (np.asarray(a.convert("RGB")) != np.asarray(b)).any()
+
+
+def test_default_dets_path(setup, folder):
+    _, ckpt = setup
+    run(ckpt, "--images", str(folder) + "/")
+    assert json.loads((folder.parent / "photos_detections.json").read_text())
+
+
+def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
+    _, ckpt = setup
+    run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"),
+        "--visualize", str(tmp_path / "pics"), "--score-thr", "1.0", "--max-images", "1")
+    assert json.loads((tmp_path / "dets.json").read_text())  # there are detections, none drawn
+    source = sorted(p for p in folder.iterdir() if p.suffix != ".txt")[0]
+    with Image.open(source) as a, Image.open(tmp_path / "pics" / f"{source.name}.png") as b:
+        np.testing.assert_array_equal(np.asarray(a.convert("RGB")), np.asarray(b))
+    assert len(list((tmp_path / "pics").iterdir())) == 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--images", "{empty}"], "no png/jpg/jpeg/bmp files in"),
+    (["--images", "{empty}", "--val-ann", "x.json"], "not allowed with argument"),
+    ([], "one of the arguments --val-ann --images is required"),
+    (["--val-ann", "{ann}"], "--val-images: directory not found"),
+    (["--images", "{photos}", "--json", "m.json"], "need --val-ann"),
+])
+def test_bad_arguments(setup, tmp_path, capsys, args, message):
+    data, ckpt = setup
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "readme.txt").write_text("no images here")
+    paths = {"empty": tmp_path / "empty", "ann": data["val_ann"], "photos": data["val_images"]}
+    with pytest.raises(SystemExit):
+        run(ckpt, *[a.format(**paths) for a in args])
+    assert message in capsys.readouterr().err

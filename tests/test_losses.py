@@ -1,0 +1,294 @@
+"""SED loss functions on small hand-made tensors (values computed by hand in the comments)."""
+import dataclasses
+import itertools
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import sed
+from sed.config import TrainConfig
+from sed.losses import (SEDObjective, foreground_weights, roi_distillation_loss, rpn_distillation_loss,
+                        sed_losses, unsup_weight_at, weighted_mean)
+from sed.teacher import make_teacher, predict_soft
+from sed.views import make_views
+
+LN2 = math.log(2)
+BETA = 1 / 9  # smooth L1 beta (torchvision)
+
+
+def smooth_l1(x):
+    return 0.5 * x * x / BETA if abs(x) < BETA else abs(x) - 0.5 * BETA
+
+
+def test_weighted_mean_of_constant_is_the_constant():
+    loss = torch.full((5,), 3.0)
+    assert weighted_mean(loss, torch.tensor([0.1, 0.2, 0.0, 1.0, 0.7])).item() == pytest.approx(3.0, rel=1e-5)
+
+
+def test_weighted_mean_hand_value():
+    # (1*2 + 3*4) / (1 + 3) = 3.5
+    assert weighted_mean(torch.tensor([2.0, 4.0]), torch.tensor([1.0, 3.0])).item() == pytest.approx(3.5, rel=1e-5)
+
+
+@pytest.mark.parametrize("n", [0, 4])
+def test_weighted_mean_zero_weights_gives_zero_not_nan(n):
+    loss = torch.rand(n, requires_grad=True)
+    out = weighted_mean(loss, torch.zeros(n))
+    out.backward()
+    assert out.item() == 0.0
+    assert torch.isfinite(loss.grad).all()
+
+
+def test_weighted_mean_detaches_the_weights():
+    w = torch.tensor([0.5, 0.5], requires_grad=True)
+    out = weighted_mean(torch.tensor([1.0, 2.0], requires_grad=True), w)
+    out.backward()
+    assert w.grad is None
+
+
+def test_foreground_weights_gamma_floor_detached():
+    p = torch.tensor([0.01, 0.5, 1.0], requires_grad=True)
+    w_cls, w_reg = foreground_weights(p, TrainConfig(weight_gamma=2.0, weight_floor=0.1))
+    assert torch.allclose(w_reg, torch.tensor([1e-4, 0.25, 1.0]))
+    assert torch.allclose(w_cls, torch.tensor([0.1, 0.25, 1.0]))  # floor only on classification
+    assert not w_cls.requires_grad and not w_reg.requires_grad
+
+
+def test_foreground_weights_without_reweight():
+    p = torch.tensor([0.2, 0.9])
+    w_cls, w_reg = foreground_weights(p, TrainConfig(reweight=False, weight_gamma=3.0, weight_floor=0.5))
+    assert torch.equal(w_cls, torch.ones(2))  # plain mean of the classification terms
+    assert torch.equal(w_reg, p)              # box distillation stays confidence-weighted (section 1)
+
+
+def test_rpn_distillation_hand_values():
+    # anchor 0: logit 0 (q = 1/2), teacher p = 1/4 -> BCE = -(1/4 ln 1/2 + 3/4 ln 1/2) = ln 2
+    # anchor 1: logit ln 3 (q = 3/4), teacher p = 1/2 -> BCE = -(1/2 ln 3/4 + 1/2 ln 1/4)
+    logits = torch.tensor([[0.0, math.log(3)]])
+    p = torch.tensor([[0.25, 0.5]])
+    deltas = torch.tensor([[[0.05, 0, 0, 0], [1.0, 0, 0, -0.5]]])
+    teacher_deltas = torch.zeros(1, 2, 4)
+    bce = [LN2, -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))]
+    reg = [smooth_l1(0.05), smooth_l1(1.0) + smooth_l1(-0.5)]
+    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, TrainConfig())
+    assert cls_loss.item() == pytest.approx((0.25 * bce[0] + 0.5 * bce[1]) / 0.75, rel=1e-5)
+    assert reg_loss.item() == pytest.approx((0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
+    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, TrainConfig(reweight=False))
+    assert cls_loss.item() == pytest.approx((bce[0] + bce[1]) / 2, rel=1e-5)
+    assert reg_loss.item() == pytest.approx((0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
+
+
+def test_rpn_distillation_at_the_teacher_has_zero_gradient_and_entropy_value():
+    p = torch.tensor([0.1, 0.5, 0.8, 0.999])
+    logits = torch.logit(p).requires_grad_(True)
+    deltas = torch.randn(4, 4)
+    student_deltas = deltas.clone().requires_grad_(True)
+    cls_loss, reg_loss = rpn_distillation_loss(logits, student_deltas, p, deltas, TrainConfig(reweight=False))
+    (cls_loss + reg_loss).backward()
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
+    assert cls_loss.item() == pytest.approx(entropy.item(), rel=1e-5)  # BCE minimum = teacher entropy
+    assert logits.grad.abs().max() < 1e-6
+    assert reg_loss.item() == 0 and student_deltas.grad.abs().max() == 0
+
+
+def roi_targets(probs, labels, deltas, fg):
+    return SimpleNamespace(roi_probs=probs, roi_labels=labels, roi_deltas=deltas, roi_fg=fg)
+
+
+def test_roi_distillation_hand_values_with_temperature():
+    # T = 2: student logits [0, 2 ln 2, 0] / 2 -> softmax [1/4, 1/2, 1/4]; teacher [1/2, 1/4, 1/4]
+    # KL = 1/2 ln 2 + 1/4 ln(1/2) = 1/4 ln 2; times T^2 = 4 -> ln 2
+    class_logits = torch.tensor([[0.0, 2 * LN2, 0.0]])
+    box_deltas = torch.arange(12.0).reshape(1, 12) / 10  # class 2 deltas = [0.8, 0.9, 1.0, 1.1]
+    soft = roi_targets(torch.tensor([[0.5, 0.25, 0.25]]), torch.tensor([2]),
+                       torch.tensor([[0.8, 0.9, 1.0, 0.0]]), torch.tensor([0.5]))
+    cls_loss, reg_loss = roi_distillation_loss(class_logits, box_deltas, soft, TrainConfig(distill_temperature=2.0))
+    assert cls_loss.item() == pytest.approx(LN2, rel=1e-5)
+    assert reg_loss.item() == pytest.approx(smooth_l1(1.1), rel=1e-5)  # a single RoI: weight cancels
+
+
+def test_roi_distillation_weights_by_teacher_foreground():
+    # two RoIs with KL 0 and KL k; fg weights 0.2 and 0.6 -> 0.6 k / 0.8
+    teacher = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
+    class_logits = torch.tensor([[0.7, 0.2, 0.1], [1.0, 1.0, 1.0]]).log()
+    k = sum(t * math.log(t / (1 / 3)) for t in (0.5, 0.25, 0.25))
+    soft = roi_targets(teacher, torch.tensor([1, 1]), torch.zeros(2, 4), torch.tensor([0.2, 0.6]))
+    cls_loss, reg_loss = roi_distillation_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
+    assert cls_loss.item() == pytest.approx(0.6 * k / 0.8, rel=1e-5)
+    assert reg_loss.item() == 0
+
+
+def test_roi_distillation_at_the_teacher_is_zero_with_zero_gradient():
+    logits = torch.randn(6, 4)
+    box_deltas = torch.randn(6, 16)
+    labels = torch.tensor([1, 2, 3, 1, 2, 3])
+    soft = roi_targets(logits.softmax(1), labels, box_deltas.reshape(6, 4, 4)[torch.arange(6), labels],
+                       1 - logits.softmax(1)[:, 0])
+    logits.requires_grad_(True)
+    box_deltas.requires_grad_(True)
+    cls_loss, reg_loss = roi_distillation_loss(logits, box_deltas, soft, TrainConfig())
+    (cls_loss + reg_loss).backward()
+    assert abs(cls_loss.item()) < 1e-6 and reg_loss.item() == 0
+    assert logits.grad.abs().max() < 1e-6 and box_deltas.grad.abs().max() == 0
+
+
+def test_roi_distillation_without_proposals_is_zero():
+    soft = roi_targets(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), torch.zeros(0))
+    class_logits = torch.zeros(0, 3, requires_grad=True)
+    cls_loss, reg_loss = roi_distillation_loss(class_logits, torch.zeros(0, 12), soft, TrainConfig())
+    assert cls_loss.item() == 0 and reg_loss.item() == 0
+
+
+def test_unsup_weight_schedule():
+    cfg = TrainConfig(burn_in_iters=10, rampup_iters=4, unsup_weight=4.0)
+    assert [unsup_weight_at(i, cfg) for i in (0, 9, 10, 11, 13, 100)] == [0, 0, 1, 2, 4, 4]
+    assert unsup_weight_at(10, TrainConfig(burn_in_iters=10, rampup_iters=0)) == 4.0
+
+
+# --- the losses on a tiny detector (resnet18, 64-128 px images) ---
+
+NO_AUGMENT = dict(strong_color_jitter=0.0, strong_grayscale_prob=0.0, strong_blur_prob=0.0, strong_erase_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """A student, its teacher (same weights), and 2 unlabeled images of different sizes."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: extra threads only add contention on a shared 2-core machine
+    torch.manual_seed(0)
+    student = sed.build_model(num_classes=3, backbone="resnet18", backbone_weights=None,
+                              min_size=64, max_size=128).train()
+    student.rpn.post_nms_top_n = {True: 64, False: 64}  # few RoIs keep the 1024-d box head fast
+    student.roi_heads.batch_size_per_image = 32
+    images = [torch.rand(3, 70, 100), torch.rand(3, 90, 64)]
+    yield student, make_teacher(student), images
+    torch.set_num_threads(threads)
+
+
+def sed_step(student, teacher, images, cfg):
+    weak, strong, small = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    return sed_losses(student, strong, small, soft, cfg), soft
+
+
+def test_identical_views_and_weights_give_zero_distillation_and_zero_gradient(tiny):
+    student, teacher, images = tiny
+    cfg = TrainConfig(scale_consistency=False, teacher_proposals=64, **NO_AUGMENT)
+    losses, soft = sed_step(student, teacher, images, cfg)
+    assert sorted(losses) == ["loss_roi_distill_cls", "loss_roi_distill_reg",
+                              "loss_rpn_distill_cls", "loss_rpn_distill_reg"]
+    p, w = soft.rpn_prob.flatten(), soft.rpn_prob.flatten()  # reweight: w = p_obj
+    entropy = -(p * p.log() + (1 - p) * (1 - p).log())
+    assert losses["loss_rpn_distill_cls"].item() == pytest.approx(((w * entropy).sum() / w.sum()).item(), rel=1e-4)
+    for name in ("loss_rpn_distill_reg", "loss_roi_distill_cls", "loss_roi_distill_reg"):
+        assert abs(losses[name].item()) < 1e-6, name
+    student.zero_grad()
+    sum(losses.values()).backward()
+    grads = [q.grad.abs().max().item() for q in student.parameters() if q.grad is not None]
+    assert grads and max(grads) < 1e-6
+
+
+def test_no_gradient_reaches_the_teacher(tiny):
+    student, teacher, images = tiny
+    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=64)
+    losses, soft = sed_step(student, teacher, images, cfg)
+    for t in [soft.rpn_prob, soft.rpn_deltas, soft.roi_probs, soft.roi_deltas, soft.roi_fg, *soft.features]:
+        assert not t.requires_grad
+    student.zero_grad()
+    sum(losses.values()).backward()
+    assert all(q.grad is None for q in teacher.parameters())
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in student.parameters())
+
+
+def background_teacher(student):
+    """A teacher certain that everything is background: no proposal scores, no detection survives."""
+    teacher = make_teacher(student)
+    teacher.rpn.head.objectness.bias.fill_(-30.0)
+    teacher.roi_heads.predictor.cls_score.bias[0] = 30.0
+    return teacher
+
+
+def no_proposals(soft):
+    """The same targets with 0 teacher proposals (e.g. every box removed as too small)."""
+    return dataclasses.replace(soft, proposals=[p[:0] for p in soft.proposals], roi_probs=soft.roi_probs[:0],
+                               roi_labels=soft.roi_labels[:0], roi_deltas=soft.roi_deltas[:0], roi_fg=soft.roi_fg[:0])
+
+
+SWITCHES = list(itertools.product([True, False], repeat=4))  # distill, scale, reweight, hard labels
+
+
+@pytest.mark.parametrize("distill,scale,reweight,hard", SWITCHES)
+def test_every_switch_combination_gives_finite_losses(tiny, distill, scale, reweight, hard):
+    student, teacher, images = tiny
+    cfg = TrainConfig(distill=distill, scale_consistency=scale, reweight=reweight, hard_pseudo_labels=hard,
+                      pseudo_threshold=0.0, teacher_proposals=32, weight_floor=0.05)
+    losses, _ = sed_step(student, teacher, images, cfg)
+    expected = set()
+    if distill:
+        expected |= {"loss_rpn_distill_cls", "loss_rpn_distill_reg", "loss_roi_distill_cls", "loss_roi_distill_reg"}
+        if scale:
+            expected |= {"loss_scale_rpn_cls", "loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"}
+    if hard or not distill:
+        expected |= {"loss_hard_objectness", "loss_hard_rpn_box_reg", "loss_hard_classifier", "loss_hard_box_reg"}
+        if scale and not distill:
+            expected |= {"loss_hard_scale_objectness", "loss_hard_scale_rpn_box_reg",
+                         "loss_hard_scale_classifier", "loss_hard_scale_box_reg"}
+    assert set(losses) == expected
+    total = sum(losses.values())
+    student.zero_grad()
+    total.backward()
+    assert torch.isfinite(total)
+    assert all(torch.isfinite(q.grad).all() for q in student.parameters() if q.grad is not None)
+
+
+@pytest.mark.parametrize("distill,scale", [(True, True), (False, True), (False, False)])
+def test_no_confident_object_and_no_proposals_give_finite_losses(tiny, distill, scale):
+    student, _, images = tiny
+    cfg = TrainConfig(distill=distill, scale_consistency=scale, hard_pseudo_labels=True, teacher_proposals=32)
+    weak, strong, small = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(background_teacher(student), weak, cfg)
+    assert all(len(d["boxes"]) == 0 for d in soft.detections)  # nothing passes the threshold
+    for targets in (soft, no_proposals(soft)):
+        losses = sed_losses(student, strong, small, targets, cfg)
+        student.zero_grad()
+        sum(losses.values()).backward()
+        assert all(torch.isfinite(v) for v in losses.values()), losses
+
+
+def test_objective_returns_supervised_and_unsupervised_losses(tiny):
+    student, teacher, images = tiny
+    cfg = TrainConfig(teacher_proposals=32)
+    objective = SEDObjective(student, cfg)
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
+               {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
+    weak, strong, small = make_views(student, images, cfg, min_size=64)
+    sup, unsup = objective(images, targets, strong, small, predict_soft(teacher, weak, cfg))
+    assert set(sup) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+    assert len(unsup) == 8
+    assert objective(images, targets)[1] == {}  # burn-in: supervised only
+
+
+def test_objective_under_ddp_synchronises_a_full_sed_step(tiny, tmp_path):
+    """World size 1 (gloo, CPU): DDP(SEDObjective) runs two SED steps and EMA reads through .module."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from sed.teacher import ema_update
+
+    student, teacher, images = tiny
+    cfg = TrainConfig(teacher_proposals=16)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        objective = DDP(SEDObjective(student, cfg))
+        targets = [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 50.0]]), "labels": torch.tensor([2])}] * 2
+        for _ in range(2):
+            weak, strong, small = make_views(student, images, cfg, min_size=64)
+            sup, unsup = objective(images, targets, strong, small, predict_soft(teacher, weak, cfg))
+            student.zero_grad()
+            (sum(sup.values()) + 4.0 * sum(unsup.values())).backward()
+            ema_update(teacher, objective.module.student, 0.5)
+        assert all(torch.isfinite(v) for v in {**sup, **unsup}.values())
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,165 @@
+"""train.py end to end on tiny synthetic data: exact resume, non-finite loss, 2-process DDP (gloo)."""
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sed.checkpoint import load_checkpoint
+from sed.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train, eval_script = load_script("train"), load_script("eval")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp("shapes"), num_train=12, num_val=4, seed=0, image_size=64)
+
+
+def argv(data, out, max_iter, *extra):
+    return ["--train-ann", str(data["train_ann"]), "--train-images", str(data["train_images"]),
+            "--backbone", "resnet18", "--backbone-weights", "none", "--min-size", "48", "64",
+            "--max-size", "80", "--max-iter", str(max_iter), "--batch-size", "2", "--lr", "0.01",
+            "--warmup-iters", "2", "--lr-steps", "3", "--log-every", "1", "--checkpoint-every", "2",
+            "--workers", "0", "--device", "cpu", "--seed", "3", "--out", str(out), *extra]
+
+
+def test_learning_rate_schedule():
+    cfg = train.parse_args(["--lr", "0.1", "--warmup-iters", "10", "--warmup-factor", "0.001",
+                            "--lr-steps", "20", "30", "--lr-gamma", "0.1"], check_files=False)
+    assert train.learning_rate(0, cfg) == pytest.approx(1e-4)
+    assert train.learning_rate(5, cfg) == pytest.approx(0.1 * (0.001 * 0.5 + 0.5))
+    assert [train.learning_rate(i, cfg) for i in (10, 19, 20, 29, 30)] == \
+        pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+
+
+def test_wrong_class_count(data, tmp_path):
+    with pytest.raises(ValueError, match="wrong class count: --num-classes 3 but the training annotations have 5"):
+        train.main(argv(data, tmp_path, 1, "--num-classes", "3"))
+
+
+def test_resume_is_exact(data, tmp_path):
+    """3 iterations in one go == 2 iterations, then --resume to 3 (the resumed part with workers=2):
+    same weights and momentum, bit for bit."""
+    train.main(argv(data, tmp_path / "full", 3))
+    train.main(argv(data, tmp_path / "split", 2))
+    assert load_checkpoint(tmp_path / "split" / "last.pt")["iteration"] == 2
+    train.main(argv(data, tmp_path / "split", 3, "--resume", str(tmp_path / "split" / "last.pt"),
+                    "--workers", "2"))
+    full, split = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "split"))
+    assert split["iteration"] == 3
+    for name, tensor in full["model"].items():
+        assert torch.equal(tensor, split["model"][name]), name
+    assert full["optimizer"]["state"].keys() == split["optimizer"]["state"].keys()
+    for k, state in full["optimizer"]["state"].items():
+        assert torch.equal(state["momentum_buffer"], split["optimizer"]["state"][k]["momentum_buffer"])
+    log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3]
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "total", "lr",
+            "data_time", "step_time"} <= set(log[0])
+    config = json.loads((tmp_path / "full" / "config.json").read_text())
+    assert config["num_classes"] == 5 and full["label_to_cat_id"] == {1: 1, 2: 3, 3: 7, 4: 8, 5: 12}
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, capsys):
+    calls = []
+
+    def nan_at_third_step(model, images, targets, cfg):
+        losses = supervised_step(model, images, targets, cfg)
+        calls.append(1)
+        if len(calls) == 3:
+            losses["loss_box_reg"] = losses["loss_box_reg"] * math.nan
+            losses["total"] = sum(v for k, v in losses.items() if k != "total")
+        return losses
+
+    supervised_step = train.supervised_step
+    monkeypatch.setattr(train, "supervised_step", nan_at_third_step)
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, tmp_path, 6))
+    assert stop.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "non-finite loss at iteration 2" in err and '"loss_box_reg": NaN' in err
+    ckpt = load_checkpoint(tmp_path / "last.pt")  # written after iteration 2, untouched since
+    assert ckpt["iteration"] == 2
+    assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+SED_FLAGS = ["--method", "sed", "--labeled-percent", "50", "--burn-in-iters", "1", "--unlabeled-batch-size", "2",
+             "--teacher-proposals", "32", "--ema-momentum", "0.9", "--grad-clip", "10"]
+
+
+def test_sed_resume_is_exact_with_the_teacher(data, tmp_path):
+    """SED: 3 iterations in one go == 2, then --resume to 3: student, teacher and momentum bit for bit
+    (the unlabeled stream and the strong-view RNG continue exactly)."""
+    train.main(argv(data, tmp_path / "full", 3, *SED_FLAGS, "--diagnostics-images", "0"))
+    train.main(argv(data, tmp_path / "split", 2, *SED_FLAGS, "--diagnostics-images", "0"))
+    train.main(argv(data, tmp_path / "split", 3, *SED_FLAGS, "--diagnostics-images", "0",
+                    "--resume", str(tmp_path / "split" / "last.pt")))
+    full, split = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "split"))
+    for key in ("model", "teacher"):
+        for name, tensor in full[key].items():
+            assert torch.equal(tensor, split[key][name]), (key, name)
+    assert not all(torch.equal(full["model"][k], full["teacher"][k]) for k in full["model"])  # EMA lags
+    log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    assert "loss_rpn_distill_cls" not in log[0]  # iteration 1 is the burn-in
+    assert {"loss_rpn_distill_cls", "loss_roi_distill_reg", "loss_scale_rpn_cls", "loss_scale_roi_cls"} <= set(log[2])
+
+
+@pytest.mark.parametrize("switches", [["--no-distill", "--no-scale-consistency", "--no-reweight"],
+                                      ["--no-scale-consistency", "--hard-pseudo-labels"]])
+def test_sed_ablations_run_and_evaluate_teacher_and_student(data, tmp_path, switches):
+    train.main(argv(data, tmp_path, 2, *SED_FLAGS, *switches, "--diagnostics-images", "4",
+                    "--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"])))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["distill"] == ("--no-distill" not in switches)
+    assert config["scale_consistency"] is False
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert "loss_hard_classifier" in log[1] and all(math.isfinite(v) for v in log[1].values())
+    assert ("loss_roi_distill_cls" in log[1]) == ("--no-distill" not in switches)
+    assert not any(k.startswith("loss_scale") or k.startswith("loss_hard_scale") for k in log[1])
+    assert "pl_recall@0.7" in log[-1] or "pl_num_objects" in log[-1]  # diagnostics after the evaluation
+    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [m["model"] for m in metrics] == ["teacher", "student"]
+
+
+def test_sed_needs_unlabeled_images(data, tmp_path):
+    with pytest.raises(ValueError, match="--method sed needs unlabeled images"):
+        train.main(argv(data, tmp_path, 1, "--method", "sed"))
+
+
+@pytest.mark.parametrize("method", ["supervised", "sed"])
+def test_two_process_ddp_gloo(data, tmp_path, method):
+    """torchrun with 2 CPU processes: replicas stay identical (checksums logged by rank 0), each rank
+    evaluates its shard, and the checkpoint loads in eval.py."""
+    out = tmp_path / "ddp"
+    extra = SED_FLAGS + ["--diagnostics-images", "0"] if method == "sed" else []
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(ROOT / "train.py"), *argv(data, out, 3, "--val-ann", str(data["val_ann"]),
+                                         "--val-images", str(data["val_images"]), *extra, "--batch-size", "1")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    checksums = [r["param_checksums"] for r in log if "param_checksums" in r]
+    assert len(checksums) == 2 and all(len(c) == 2 and c[0] == c[1] for c in checksums)  # iterations 2, 3
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert metrics[-1]["iteration"] == 3 and "AP" in metrics[-1]
+    eval_script.main(["--ckpt", str(out / "last.pt"), "--val-ann", str(data["val_ann"]),
+                      "--val-images", str(data["val_images"]), "--device", "cpu", "--workers", "0",
+                      "--json", str(out / "m.json")])
+    assert set(json.loads((out / "m.json").read_text())) == set(train.METRIC_NAMES)
