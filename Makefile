@@ -9,10 +9,10 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-optional.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-optional.txt
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
@@ -22,31 +22,42 @@ test: $(STAMP)
 clean:
 	rm -rf $(VENV) build *.egg-info
 
-# Quick start on CPU: synthetic shapes -> supervised ResNet-18 Faster R-CNN -> COCO AP.
-# Sizes are make variables: `make demo DEMO_ITERS=1000 DEMO_DEVICE=cuda`.
-DEMO_DATA ?= data/synthetic
+# Quick start: synthetic shapes, 10 % labeled -> SED with a ResNet-18 Faster R-CNN trained from
+# scratch (supervised burn-in, then SED) -> COCO AP of the teacher, pictures and curves.
+# Sizes are make variables: `make demo DEMO_ITERS=2000 DEMO_BURN_IN=1000 DEMO_DEVICE=cuda`.
+DEMO_DATA ?= data/demo
 DEMO_OUT ?= runs/demo
-DEMO_TRAIN ?= 100
-DEMO_VAL ?= 30
+DEMO_TRAIN ?= 400
+DEMO_VAL ?= 100
 DEMO_SIZE ?= 96
-DEMO_ITERS ?= 100
-DEMO_BATCH ?= 2
-DEMO_LR ?= 0.01
-DEMO_WORKERS ?= 2
+DEMO_BURN_IN ?= 200
+DEMO_ITERS ?= 320
+DEMO_WORKERS ?= 1
 DEMO_DEVICE ?= cpu
 
 demo: $(STAMP)
 	$(PY) -m sed.synthetic $(DEMO_DATA) --num-train $(DEMO_TRAIN) --num-val $(DEMO_VAL) --seed 0 \
-		--image-size $(DEMO_SIZE)
-	$(PY) train.py --train-ann $(DEMO_DATA)/annotations/train.json --train-images $(DEMO_DATA)/train \
-		--backbone resnet18 --backbone-weights none --min-size $(DEMO_SIZE) --max-size $$(( $(DEMO_SIZE) * 2 )) \
-		--max-iter $(DEMO_ITERS) --batch-size $(DEMO_BATCH) --lr $(DEMO_LR) \
-		--warmup-iters $$(( $(DEMO_ITERS) / 10 )) --lr-steps $$(( $(DEMO_ITERS) * 3 / 4 )) \
-		--checkpoint-every $(DEMO_ITERS) --log-every 10 --workers $(DEMO_WORKERS) \
-		--device $(DEMO_DEVICE) --out $(DEMO_OUT)
+		--image-size $(DEMO_SIZE) --height-ratios 1
+	$(PY) train.py --method sed --labeled-percent 10 --split-seed 1 \
+		--train-ann $(DEMO_DATA)/annotations/train.json --train-images $(DEMO_DATA)/train \
+		--val-ann $(DEMO_DATA)/annotations/val.json --val-images $(DEMO_DATA)/val \
+		--backbone resnet18 --backbone-weights none --trainable-layers 5 \
+		--min-size $(DEMO_SIZE) --max-size $$(( $(DEMO_SIZE) * 2 )) --anchor-sizes 16 32 64 128 256 \
+		--rpn-proposals 512 256 --roi-batch-size 128 --teacher-proposals 64 \
+		--max-iter $(DEMO_ITERS) --batch-size 4 --unlabeled-batch-size 4 --lr 0.01 --grad-clip 10 \
+		--warmup-iters 50 --lr-steps $$(( $(DEMO_ITERS) * 3 / 4 )) --burn-in-iters $(DEMO_BURN_IN) \
+		--rampup-iters 50 --ema-momentum 0.99 --diagnostics-images 32 --eval-every 0 \
+		--checkpoint-every 100 --log-every 10 --workers $(DEMO_WORKERS) --device $(DEMO_DEVICE) \
+		--out $(DEMO_OUT)
 	$(PY) eval.py --ckpt $(DEMO_OUT)/last.pt --val-ann $(DEMO_DATA)/annotations/val.json \
 		--val-images $(DEMO_DATA)/val --device $(DEMO_DEVICE) --workers $(DEMO_WORKERS) \
-		--json $(DEMO_OUT)/val_metrics.json --dets $(DEMO_OUT)/val_detections.json
+		--json $(DEMO_OUT)/val_metrics.json --dets $(DEMO_OUT)/val_detections.json \
+		--visualize $(DEMO_OUT)/pictures --max-images 8 --score-thr 0.5
+	$(PY) -m sed.plot $(DEMO_OUT)
+
+# The SED vs supervised comparison of the README (about an hour on a 2-core CPU).
+experiment: $(STAMP)
+	$(PY) -m sed.experiment --out runs/experiment
 
 bench: $(STAMP)
 	$(PY) -m sed.bench

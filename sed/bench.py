@@ -1,60 +1,99 @@
-"""Speed and memory of our detector against torchvision's, same weights and inputs, one process.
+"""Speed and memory: our detector against torchvision's, and an SED step against a supervised one.
 
-    python -m sed.bench [--device cuda] [--min-size 512] [--batch-size 2] [--repeats 5]
+    python -m sed.bench [--device cuda] [--height 480 --width 640] [--repeats 5]    (make bench)
 
-Prints, for a training step (forward + backward) and an inference call, the median time of each
-model and the ratio ours / torchvision (target <= 1.0), measured alternately in the same run so
-that both see the same machine load, plus the peak memory of each (CUDA: the allocator's peak;
-CPU: the growth of the resident size during one step, in a fresh process that holds one model).
+1. Training step (forward + backward) and inference of our R50-FPN and torchvision's
+   `fasterrcnn_resnet50_fpn` with the same weights and inputs: ratio ours / torchvision (target <= 1).
+2. One SED step (1 labeled + 4 unlabeled images, Soft Teacher's 1:4; teacher on the weak view,
+   student on the strong and 0.5x views, `train.sed_step`) against a supervised step over as many
+   images (5 labeled): ratio SED / supervised (target <= 1.8).
+Times are medians, measured alternately in one process so both sides see the same machine load.
+Peak memory: CUDA, the allocator's peak during one step; CPU, the growth of the resident size
+during one step in a fresh process that holds only that step's model(s).
 """
 import argparse
 import multiprocessing
 import os
 import statistics
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 import torchvision
 
 import sed
+from sed.config import TrainConfig
+from sed.losses import SEDObjective
+from sed.teacher import make_teacher
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py: the exact training steps
+import train  # noqa: E402
 
-def build_pair(num_classes, min_size, max_size, device):
-    """Our model and torchvision's with the same (random) weights."""
-    torch.manual_seed(0)
-    theirs = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=num_classes + 1,
-        min_size=min_size, max_size=max_size)
-    ours = sed.build_model(num_classes, "resnet50", min_size=min_size, max_size=max_size)
-    sed.load_torchvision_weights(ours, theirs.state_dict())
-    return ours.to(device), theirs.to(device)
+SED_LABELED, SED_UNLABELED = 1, 4
 
 
 def make_inputs(batch_size, height, width, device, seed=0):
-    """Random images with a few random boxes each (labels 1..5)."""
+    """Random images with four random boxes each (labels 1..5)."""
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(batch_size):
         images.append(torch.rand(3, height, width, generator=g).to(device))
         xy = torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.6
         wh = 16 + torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.3
-        boxes = torch.cat([xy, xy + wh], dim=1)
-        targets.append({"boxes": boxes.to(device), "labels": torch.randint(1, 6, (4,), generator=g).to(device)})
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device),
+                        "labels": torch.randint(1, 6, (4,), generator=g).to(device)})
     return images, targets
 
 
-def train_step(model, images, targets):
+def our_model(args, state):
+    model = sed.build_model(args.num_classes, "resnet50", min_size=args.min_size, max_size=args.max_size)
+    return sed.load_torchvision_weights(model, state)
+
+
+def torchvision_model(args, state):
+    model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=args.num_classes + 1,
+        min_size=args.min_size, max_size=args.max_size)
+    model.load_state_dict(state)
+    return model
+
+
+def make_step(kind, which, args, state, device):
+    """A zero-argument callable running one `kind` step of `which` model on fixed inputs."""
+    if kind == "sed step" or kind == "supervised, same images":
+        return make_sed_or_supervised_step(kind, args, state, device)
+    model = (our_model if which == "ours" else torchvision_model)(args, state).to(device)
+    images, targets = make_inputs(args.batch_size, args.height, args.width, device)
+    if kind == "inference":
+        model.eval()
+        return torch.no_grad()(lambda: model(images))
     model.train()
-    loss = sum(model(images, targets).values())
-    loss.backward()
-    model.zero_grad(set_to_none=True)
+
+    def step():
+        sum(model(images, targets).values()).backward()
+        model.zero_grad(set_to_none=True)
+    return step
 
 
-@torch.no_grad()
-def inference(model, images, _targets=None):
-    model.eval()
-    model(images)
+def make_sed_or_supervised_step(kind, args, state, device):
+    """train.sed_step on 1 labeled + 4 unlabeled images, or train.supervised_step on all 5 labeled."""
+    cfg = TrainConfig(device=str(device), dtype="float32", burn_in_iters=0)
+    model = our_model(args, state).to(device).train()
+    objective = SEDObjective(model, cfg)
+    images, targets = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device)
+    if kind == "sed step":
+        teacher = make_teacher(model)
+        run = lambda: train.sed_step(objective, teacher, model, images[:SED_LABELED], targets[:SED_LABELED],
+                                     images[SED_LABELED:], 0, cfg)
+    else:
+        run = lambda: train.supervised_step(objective, images, targets, cfg)
+
+    def step():
+        run()["total"].backward()
+        model.zero_grad(set_to_none=True)
+    return step
 
 
 def timed(fn, device):
@@ -67,25 +106,16 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def compare_speed(step, ours, theirs, images, targets, repeats, device):
-    """Median seconds of `step` for each model, alternating ours/theirs after one warm-up each."""
-    times = {"ours": [], "torchvision": []}
+def compare_speed(steps, repeats, device):
+    """steps: {name: callable} -> median seconds of each, alternating, after one warm-up each."""
+    times = {name: [] for name in steps}
     for i in range(repeats + 1):
-        for name, model in (("ours", ours), ("torchvision", theirs)):
-            torch.manual_seed(i)  # same anchor/RoI sampling draws for both
-            seconds = timed(lambda: step(model, images, targets), device)
+        for name, step in steps.items():
+            torch.manual_seed(i)  # the same anchor/RoI sampling draws for every side
+            seconds = timed(step, device)
             if i > 0:
                 times[name].append(seconds)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def peak_memory_cuda(step, model, images, targets):
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step(model, images, targets)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
 
 
 def read_status_kib(field):
@@ -94,72 +124,78 @@ def read_status_kib(field):
         return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
 
 
-def _cpu_peak_child(state_file, which, step_name, args, queue):
+def _cpu_peak_child(kind, which, args, state_file, queue):
     torch.set_num_threads(args.threads)
-    state = torch.load(state_file, weights_only=True)
-    if which == "ours":
-        model = sed.load_torchvision_weights(
-            sed.build_model(args.num_classes, "resnet50", min_size=args.min_size, max_size=args.max_size), state)
-    else:
-        model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-            weights=None, weights_backbone=None, num_classes=args.num_classes + 1,
-            min_size=args.min_size, max_size=args.max_size)
-        model.load_state_dict(state)
-    del state
-    images, targets = make_inputs(args.batch_size, args.height, args.width, "cpu")
+    torch.set_flush_denormal(True)
+    step = make_step(kind, which, args, torch.load(state_file, weights_only=True), torch.device("cpu"))
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # Linux: reset the resident high-water mark (VmHWM) to the current size
     before = read_status_kib("VmRSS")
-    STEPS[step_name](model, images, targets)
+    step()
     queue.put((read_status_kib("VmHWM") - before) * 1024)
 
 
-def peak_memory_cpu(state_file, which, step_name, args):
-    """Peak resident growth (bytes) during one step, in a fresh process holding one model."""
+def peak_memory(kind, which, args, state_file, step, device):
+    """Peak memory (bytes) of one step: CUDA allocator peak, or resident growth in a fresh CPU process."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=_cpu_peak_child, args=(state_file, which, step_name, args, queue))
+    process = ctx.Process(target=_cpu_peak_child, args=(kind, which, args, state_file, queue))
     process.start()
     result = queue.get()
     process.join()
     return result
 
 
-STEPS = {"train step": train_step, "inference": inference}
+def compare(kind, sides, args, state, state_file, device):
+    """Prints time and peak memory of `kind` for two sides [(label, which, step_kind)] and their ratio."""
+    steps = {label: make_step(step_kind, which, args, state, device) for label, which, step_kind in sides}
+    t = compare_speed(steps, args.repeats, device)
+    mem = {label: peak_memory(step_kind, which, args, state_file, steps[label], device)
+           for label, which, step_kind in sides}
+    (a, *_), (b, *_) = sides
+    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {t[a] / t[b]:.3f}")
+    print(f"{kind:22s} memory {a} {mem[a] / 2**20:9.1f} MiB  {b} {mem[b] / 2**20:9.1f} MiB  "
+          f"ratio {mem[a] / max(mem[b], 1):.3f}", flush=True)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--height", type=int, default=480)
+    parser.add_argument("--batch-size", type=int, default=2, help="images of the detector comparison")
+    parser.add_argument("--height", type=int, default=448, help="image height (a multiple of 64: no SED padding)")
     parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--min-size", type=int, default=480)
+    parser.add_argument("--min-size", type=int, default=448)
     parser.add_argument("--max-size", type=int, default=640)
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args(argv)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
-    ours, theirs = build_pair(args.num_classes, args.min_size, args.max_size, device)
-    images, targets = make_inputs(args.batch_size, args.height, args.width, device)
-    print(f"R50-FPN, {args.num_classes} classes, batch {args.batch_size} of {args.height}x{args.width}, "
-          f"{device}, torch {torch.__version__}, torchvision {torchvision.__version__}")
+    if device.type == "cpu":
+        torch.set_flush_denormal(True)  # as train.py
+    torch.manual_seed(0)
+    state = torchvision.models.detection.fasterrcnn_resnet50_fpn(  # random weights shared by all sides
+        weights=None, weights_backbone=None, num_classes=args.num_classes + 1).state_dict()
     state_file = os.path.join(tempfile.mkdtemp(), "weights.pt")
-    torch.save(theirs.state_dict(), state_file)
-    for name, step in STEPS.items():
-        t = compare_speed(step, ours, theirs, images, targets, args.repeats, device)
-        print(f"{name:10s}  time    ours {t['ours'] * 1000:8.1f} ms   torchvision {t['torchvision'] * 1000:8.1f} ms"
-              f"   ratio {t['ours'] / t['torchvision']:.3f}", flush=True)
-        if device.type == "cuda":
-            mem = {"ours": peak_memory_cuda(step, ours, images, targets),
-                   "torchvision": peak_memory_cuda(step, theirs, images, targets)}
-        else:
-            mem = {which: peak_memory_cpu(state_file, which, name, args) for which in ("ours", "torchvision")}
-        print(f"{name:10s}  memory  ours {mem['ours'] / 2**20:8.1f} MiB  torchvision {mem['torchvision'] / 2**20:8.1f} MiB"
-              f"  ratio {mem['ours'] / max(mem['torchvision'], 1):.3f}", flush=True)
+    torch.save(state, state_file)
+    print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, "
+          f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    for kind in ("train step", "inference"):
+        compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
+                args, state, state_file, device)
+    compare(f"SED {SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}",
+            [("sed", "ours", "sed step"), ("supervised", "ours", "supervised, same images")],
+            args, state, state_file, device)
     os.remove(state_file)
+
 
 if __name__ == "__main__":
     main()

@@ -123,8 +123,11 @@ class CocoDetection(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image file not found (image id {image_id})")
-        with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"))           # [H, W, 3] uint8
+        try:
+            with Image.open(path) as im:
+                pixels = np.asarray(im.convert("RGB"))       # [H, W, 3] uint8
+        except OSError as e:  # empty or truncated file, not an image (PIL.UnidentifiedImageError)
+            raise ValueError(f"{path}: cannot read the image (image id {image_id}): {e}") from None
         h, w = pixels.shape[:2]
         if (w, h) != (info["width"], info["height"]):
             raise ValueError(f"{path}: image is {w}x{h} but {self.ann_file.name} says "

@@ -73,6 +73,15 @@ def test_missing_image_file(tmp_path):
         ds[0]
 
 
+@pytest.mark.parametrize("content", [b"", b"not an image"])
+def test_empty_or_corrupt_image_file(tmp_path, content):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [])
+    (image_dir / "1.png").write_bytes(content)
+    with pytest.raises(ValueError, match=r"1.png: cannot read the image \(image id 1\)") as info:
+        CocoDetection(ann_file, image_dir)[0]
+    assert "\n" not in str(info.value)
+
+
 # ---- labels, images, boxes --------------------------------------------------------------------
 
 def test_category_mapping_round_trip(tmp_path):

@@ -163,3 +163,9 @@ def test_two_process_ddp_gloo(data, tmp_path, method):
                       "--val-images", str(data["val_images"]), "--device", "cpu", "--workers", "0",
                       "--json", str(out / "m.json")])
     assert set(json.loads((out / "m.json").read_text())) == set(train.METRIC_NAMES)
+
+
+def test_tensorboard_writes_events(data, tmp_path):
+    pytest.importorskip("tensorboard")  # optional dependency (requirements-optional.txt)
+    train.main(argv(data, tmp_path, 1, "--tensorboard"))
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
