@@ -46,7 +46,7 @@ demo: $(STAMP)
 		--rpn-proposals 512 256 --roi-batch-size 128 --teacher-proposals 64 \
 		--max-iter $(DEMO_ITERS) --batch-size 4 --unlabeled-batch-size 4 --lr 0.01 --grad-clip 10 \
 		--warmup-iters 50 --lr-steps $$(( $(DEMO_ITERS) * 3 / 4 )) --burn-in-iters $(DEMO_BURN_IN) \
-		--rampup-iters 50 --ema-momentum 0.99 --diagnostics-images 32 --eval-every 0 \
+		--rampup-iters 50 --unsup-weight 1 --ema-momentum 0.99 --diagnostics-images 32 --eval-every 100 \
 		--checkpoint-every 100 --log-every 10 --workers $(DEMO_WORKERS) --device $(DEMO_DEVICE) \
 		--out $(DEMO_OUT)
 	$(PY) eval.py --ckpt $(DEMO_OUT)/last.pt --val-ann $(DEMO_DATA)/annotations/val.json \

@@ -79,7 +79,8 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=800)
     parser.add_argument("--burn-in", type=int, default=400)
     parser.add_argument("--rampup", type=int, default=100)
-    parser.add_argument("--unsup-weight", type=float, default=4.0)
+    parser.add_argument("--unsup-weight", type=float, default=1.0,
+                        help="lambda_u; 4 (the COCO default) made SED worse than supervised here, see README")
     parser.add_argument("--ema-momentum", type=float, default=0.99)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--parallel", type=int, default=2)
