@@ -162,9 +162,9 @@ def teacher_outputs(model, images):
     obj, deltas = model.rpn.head(feats)
     anchors = model.rpn.anchors(batch, feats)
     proposals = model.rpn.propose(anchors, obj, deltas, batch.image_sizes)  # list of [P_i, 4]
-    logits, _ = model.roi_heads.predict(feats, proposals)  # [sum P_i, C+1]
+    logits, deltas = model.roi_heads.predict(feats, proposals)  # [sum P_i, C+1], [sum P_i, (C+1)*4]
     weights = 1 - logits.softmax(dim=1)[:, 0]  # [sum P_i]
-    dets = model.roi_heads.detect(feats, proposals, batch.image_sizes)
+    dets = model.roi_heads.detections(logits, deltas, proposals, batch.image_sizes)
     dets = model.transform.postprocess(dets, batch.image_sizes, original_sizes)
     # proposals live in the resized batch: back to the image by original size / resized size
     rois = [resize_boxes(p, resized, original)

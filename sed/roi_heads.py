@@ -129,7 +129,11 @@ class RoIHeads(nn.Module):
     @torch.no_grad()
     def detect(self, features, proposals, image_sizes):
         """-> per image {"boxes" [K, 4], "scores" [K], "labels" [K]} in batch (resized) pixels."""
-        class_logits, deltas = self.predict(features, proposals)
+        return self.detections(*self.predict(features, proposals), proposals, image_sizes)
+
+    @torch.no_grad()
+    def detections(self, class_logits, deltas, proposals, image_sizes):
+        """`detect` from outputs already computed: logits [N, C+1], deltas [N, (C+1) * 4]."""
         boxes = self.box_coder.decode(deltas, torch.cat(proposals))  # [N, C+1, 4]
         scores = F.softmax(class_logits, dim=-1)  # [N, C+1]
         per_image = [len(p) for p in proposals]

@@ -116,7 +116,7 @@ class FakeTeacher(nn.Module):
         self.rpn = SimpleNamespace(head=lambda feats: (None, None), anchors=lambda batch, feats: None,
                                    propose=lambda anchors, obj, deltas, sizes: proposals)
         self.roi_heads = SimpleNamespace(predict=lambda feats, props: (logits, None),
-                                         detect=lambda feats, props, sizes: [dict(det)])
+                                         detections=lambda logits, deltas, props, sizes: [dict(det)])
 
     def features(self, tensors):
         return [tensors]
