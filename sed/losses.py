@@ -13,7 +13,7 @@
 
 `sed_losses` returns only the individual terms (no "total" key) so that every value can be logged
 and summed: `loss = sum(sup.values()) + unsup_weight_at(it, cfg) * sum(unsup.values())`.
-Student and teacher are `sed.build_model` detectors (CONTRACT.md); targets come from
+Student and teacher are `sed.build_model` detectors (sed/model.py); targets come from
 `sed.teacher.predict_soft`, views from `sed.views.make_views`.
 """
 import torch
