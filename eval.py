@@ -23,14 +23,12 @@ import os
 from pathlib import Path
 
 import torch
-from PIL import Image
-from torchvision.transforms.functional import to_tensor
 
 import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint
 from sed.config import from_dict, model_options
-from sed.data import CocoDetection
+from sed.data import CocoDetection, load_rgb
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
 from sed.visualize import visualize_dataset
 
@@ -55,8 +53,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
-        with Image.open(self.files[index]) as im:
-            image = to_tensor(im.convert("RGB"))  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
+        image = load_rgb(self.files[index])  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
         return image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
                        "image_id": index, "file_name": self.files[index].name}
 

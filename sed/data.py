@@ -49,6 +49,19 @@ def _load_coco_json(ann_file):
     return data
 
 
+def load_rgb(path, what="image"):
+    """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted).
+
+    An empty, truncated or non-image file is a one-line ValueError naming the path.
+    """
+    try:
+        with Image.open(path) as im:
+            pixels = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
+        raise ValueError(f"{path}: cannot read the image ({what}): {e}") from None
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
+
+
 class CocoDetection(Dataset):
     """A COCO-format detection data set.
 
@@ -123,16 +136,11 @@ class CocoDetection(Dataset):
         path = self.image_dir / info["file_name"]
         if not path.is_file():
             raise FileNotFoundError(f"{path}: image file not found (image id {image_id})")
-        try:
-            with Image.open(path) as im:
-                pixels = np.asarray(im.convert("RGB"))       # [H, W, 3] uint8
-        except OSError as e:  # empty or truncated file, not an image (PIL.UnidentifiedImageError)
-            raise ValueError(f"{path}: cannot read the image (image id {image_id}): {e}") from None
-        h, w = pixels.shape[:2]
+        image = load_rgb(path, f"image id {image_id}")  # [3, H, W]
+        h, w = image.shape[-2:]
         if (w, h) != (info["width"], info["height"]):
             raise ValueError(f"{path}: image is {w}x{h} but {self.ann_file.name} says "
                              f"{info['width']}x{info['height']} (image id {image_id})")
-        image = torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)  # [3, H, W]
         boxes_np, labels_np, _ = self._targets[image_id]
         boxes = torch.from_numpy(boxes_np.copy())              # [N, 4] xyxy
         if flip:

@@ -125,3 +125,11 @@ def test_bad_arguments(setup, tmp_path, capsys, args, message):
     with pytest.raises(SystemExit):
         run(ckpt, *[a.format(**paths) for a in args])
     assert message in capsys.readouterr().err
+
+
+def test_unreadable_image_in_folder_is_a_one_line_error(setup, folder):
+    _, ckpt = setup
+    (folder / "broken.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"broken.png: cannot read the image") as info:
+        run(ckpt, "--images", str(folder))
+    assert "\n" not in str(info.value)
