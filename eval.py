@@ -17,7 +17,6 @@ name) go to --dets (default FOLDER_detections.json, next to the folder), COCO re
 score") and, for --val-ann, the ground truth (green), as DIR/<image_id>.png (--val-ann) or
 DIR/<file name>.png (--images).
 """
-import argparse
 import json
 import os
 from pathlib import Path
@@ -26,9 +25,10 @@ import torch
 
 import sed
 from sed import distributed
-from sed.checkpoint import load_checkpoint
+from sed.checkpoint import load_checkpoint, load_weights
 from sed.config import from_dict, model_options
-from sed.data import CocoDetection, load_rgb
+from sed.data import CocoDetection, check_image_files, load_rgb
+from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
 from sed.visualize import visualize_dataset
 
@@ -59,8 +59,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description="Evaluate a train.py checkpoint with COCO box AP, "
-                                            "or run it on a folder of images.")
+    p = ArgumentParser(description="Evaluate a train.py checkpoint with COCO box AP, "
+                                   "or run it on a folder of images.")
     p.add_argument("--ckpt", required=True, help="checkpoint written by train.py (OUT/last.pt)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--val-ann", help="COCO json of the evaluation images")
@@ -79,6 +79,8 @@ def parse_args(argv=None):
                    help="autocast precision of the inference")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch and process")
     p.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error "
+                                                        "(also SED_DEBUG=1)")
     args = p.parse_args(argv)
     if not os.path.isfile(args.ckpt):
         p.error(f"--ckpt: file not found: {args.ckpt}")
@@ -100,10 +102,10 @@ def parse_args(argv=None):
     return args
 
 
-def build_from_checkpoint(ckpt, which):
+def build_from_checkpoint(ckpt, which, path="checkpoint"):
     """The detector of a checkpoint: its config's architecture with the chosen weights."""
     model = sed.build_model(backbone_weights=None, **model_options(from_dict(ckpt["config"])))
-    model.load_state_dict(ckpt[which])
+    load_weights(model, ckpt[which], path, which)
     return model
 
 
@@ -114,21 +116,29 @@ def write_json(obj, path):
 
 
 def main(argv=None):
+    """The command line; a user error is one line `error: ...` and exit status 1 (sed/errors.py)."""
     args = parse_args(argv)
+    with user_errors(args.debug, "--batch-size or --dtype bfloat16"):
+        run(args)
+
+
+def run(args):
     dist_info = distributed.setup(args.device)
     ckpt = load_checkpoint(args.ckpt)
     which = args.model or ("teacher" if "teacher" in ckpt else "student")
     if which == "teacher" and "teacher" not in ckpt:
-        raise SystemExit(f"{args.ckpt}: has no teacher weights (supervised run); use --model student")
+        raise UserError(f"{args.ckpt}: has no teacher weights (supervised run); use --model student")
     if dist_info.is_main and args.model is None and which == "student":
         print(f"{args.ckpt}: no teacher in the checkpoint, evaluating the student (trained) weights")
-    model = build_from_checkpoint(ckpt, "model" if which == "student" else "teacher").to(dist_info.device)
+    model = build_from_checkpoint(ckpt, "model" if which == "student" else "teacher", args.ckpt)
+    model = model.to(dist_info.device)
     names = ckpt.get("class_names")
 
     if args.val_ann:
         data = CocoDetection(args.val_ann, args.val_images)
         if names is not None and names != data.class_names:
-            raise SystemExit(f"{args.val_ann}: classes {data.class_names} differ from the checkpoint's {names}")
+            raise UserError(f"{args.val_ann}: classes {data.class_names} differ from the checkpoint's {names}")
+        check_image_files(data)
         metrics = evaluate(model, data, dist_info.device, args.dtype, args.batch_size, args.workers, dist_info)
         if dist_info.is_main:
             print(f"{args.ckpt} ({which}, iteration {ckpt['iteration']}): "

@@ -12,15 +12,22 @@ seconds per iteration on 2 cores, so expect AP near 0: it checks the pipeline, n
         --max-iter 200 --batch-size 4 --lr 0.005 --warmup-iters 50 --lr-steps 150 \
         --eval-every 100 --checkpoint-every 100 --log-every 10 --workers 2 --device cpu --out runs/smoke
 
-One GPU, COCO 10 % labeled, supervised baseline (batch 8: the lr defaults to 0.02 * 8 / 16; double
-the iterations of the 1x recipe):
+Batches are per process (= per GPU) and default to the recipes' per-GPU batches: supervised 2
+images (torchvision references), SED 1 labeled + 4 unlabeled (Soft Teacher); the lr defaults to
+0.02 * total labeled batch / 16. The effective totals and the lr are printed at start.
+
+One GPU, COCO 10 % labeled, supervised baseline (2 images, lr 0.0025; the 1x recipe's 90k
+iterations at batch 16 become 720k at batch 2):
     python train.py --train-ann coco/annotations/instances_train2017.json --train-images coco/train2017 \
         --val-ann coco/annotations/instances_val2017.json --val-images coco/val2017 \
-        --labeled-percent 10 --split-seed 1 --batch-size 8 --max-iter 180000 \
-        --lr-steps 120000 160000 --warmup-iters 2000 --dtype bfloat16 --out runs/sup10
+        --labeled-percent 10 --split-seed 1 --max-iter 720000 \
+        --lr-steps 480000 640000 --warmup-iters 8000 --dtype bfloat16 --out runs/sup10
 
-8 GPUs (batch 16 in total: the defaults are the 1x recipe, 90k iterations at lr 0.02):
-    torchrun --standalone --nproc_per_node 8 train.py <data flags> --batch-size 2 --dtype bfloat16
+8 GPUs (2 x 8 = 16 images in total, lr 0.02: the defaults are the 1x recipe, 90k iterations):
+    torchrun --standalone --nproc_per_node 8 train.py <data flags> --dtype bfloat16
+SED on 8 GPUs (8 labeled + 32 unlabeled images per iteration, lr 0.01, as Soft Teacher):
+    torchrun --standalone --nproc_per_node 8 train.py <data flags> --method sed --max-iter 180000 \
+        --lr-steps 120000 160000 --dtype bfloat16
 
 Several nodes (run on every node; NODE_RANK = 0..N-1, MASTER = the address of node 0):
     torchrun --nnodes N --node_rank $NODE_RANK --nproc_per_node 8 --master_addr $MASTER \
@@ -48,10 +55,13 @@ from tqdm import tqdm
 
 import sed
 from sed import distributed
-from sed.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from sed.config import model_options, parse_args
-from sed.data import CocoDetection, TrainBatchSampler, make_loader
+from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
+                            save_checkpoint, set_rng_state)
+from sed.config import describe_batch, model_options, parse_args, resolve_batch
+from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
+                      check_image_files, make_loader, verify_images)
 from sed.diagnostics import diagnose, format_summary
+from sed.errors import UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate
 from sed.losses import SEDObjective, unsup_weight_at
 from sed.splits import load_split
@@ -125,7 +135,7 @@ def tensorboard_writer(cfg):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise SystemExit("--tensorboard needs the tensorboard package: pip install tensorboard")
+        raise UserError("--tensorboard: needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(os.path.join(cfg.out, "tensorboard"))
 
 
@@ -134,11 +144,22 @@ def append_jsonl(path, record):
         f.write(json.dumps(record) + "\n")
 
 
+# what lowers GPU memory, named when CUDA runs out of it
+MEMORY_FLAGS = "--batch-size, --unlabeled-batch-size, --min-size / --max-size or --dtype bfloat16"
+
+
 def main(argv=None):
+    """The command line. A user error (sed/errors.py) prints one line `error: ...` on stderr and
+    exits with status 1; --debug (or SED_DEBUG=1) shows its traceback. A bug keeps its traceback."""
     cfg = parse_args(argv)
+    with user_errors(cfg.debug, MEMORY_FLAGS):
+        train(cfg)
+
+
+def train(cfg):
     dist_info = distributed.setup(cfg.device)
     cfg.device = device = dist_info.device
-    cfg.lr = cfg.lr or 0.02 * cfg.batch_size * dist_info.world_size / 16  # linear scaling (Goyal et al.)
+    cfg = resolve_batch(cfg, dist_info.world_size)  # per-process batches, lr by the linear scaling rule
     master = dist_info.is_main
     if device == "cpu":  # denormal floats (tiny activations of a randomly initialised trunk without
         torch.set_flush_denormal(True)  # batch norm) made CPU steps 5-7x slower here; flush them to 0
@@ -146,17 +167,25 @@ def main(argv=None):
     # ---- data: labeled part (+ unlabeled pool for SED) and the evaluation set ----
     labeled, unlabeled = load_split(cfg.train_ann, cfg.train_images, cfg.labeled_percent, cfg.split_seed,
                                     cfg.split_file or None, cfg.labeled_ann or None, cfg.unlabeled_ann or None)
+    if cfg.unlabeled_images:  # a folder of photos, no JSON: added to the unlabeled part (if any)
+        folder = ImageFolderDetection(cfg.unlabeled_images)
+        unlabeled = folder if unlabeled is None else ConcatDetection([unlabeled, folder])
     val = CocoDetection(cfg.val_ann, cfg.val_images) if cfg.val_ann else None
     if cfg.num_classes and cfg.num_classes != labeled.num_classes:
-        raise ValueError(f"wrong class count: --num-classes {cfg.num_classes} but the training "
-                         f"annotations have {labeled.num_classes} categories")
+        raise UserError(f"--num-classes: wrong class count: --num-classes {cfg.num_classes} but the "
+                        f"training annotations have {labeled.num_classes} categories")
+    check_image_files(labeled, unlabeled, val)  # one stat per file, here rather than hours in
+    if cfg.verify_images and master:  # decode everything: minutes for COCO, so only when asked
+        verify_images([labeled, unlabeled, val], cfg.workers)
     cfg.num_classes = labeled.num_classes
     if master:
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
+        print(describe_batch(cfg, dist_info.world_size))
         print("labeled:", labeled.summary())
         if unlabeled is not None:
             print("unlabeled:", unlabeled.summary())
         os.makedirs(cfg.out, exist_ok=True)
+        remove_stale_temporaries(os.path.join(cfg.out, "last.pt"))  # what a kill during a write left
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
 
@@ -170,18 +199,18 @@ def main(argv=None):
     teacher = None  # SED: the EMA teacher (sed/teacher.py), saved in the checkpoint and evaluated
     if cfg.method == "sed":
         if unlabeled is None:
-            raise ValueError("--method sed needs unlabeled images: give --labeled-percent < 100, "
-                             "--split-file or --unlabeled-ann")
+            raise UserError("--method: sed needs unlabeled images: give --labeled-percent < 100, "
+                            "--split-file, --unlabeled-ann or --unlabeled-images")
         teacher = make_teacher(model)
 
     iteration = 0  # number of completed iterations
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, map_location=device)
-        model.load_state_dict(ckpt["model"])
+        load_weights(model, ckpt["model"], cfg.resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         scaler.load_state_dict(ckpt["scaler"])
         if teacher is not None:  # a supervised checkpoint starts SED as after its burn-in: teacher = student
-            teacher.load_state_dict(ckpt.get("teacher", ckpt["model"]))
+            load_weights(teacher, ckpt.get("teacher", ckpt["model"]), cfg.resume, "teacher")
         iteration = ckpt["iteration"]
         if master:
             print(f"resumed from {cfg.resume} at iteration {iteration}")
@@ -236,11 +265,17 @@ def main(argv=None):
             log("log.jsonl", {"iteration": it, **stats})
             tqdm.write(f"iteration {it}: {format_summary(stats)}")
 
-    # SED: a fixed, evenly spaced sample of unlabeled images (their labels measure, never train)
+    # SED: a fixed, evenly spaced sample of the unlabeled images that have ground truth (their labels
+    # measure, never train); the images of --unlabeled-images have none and are skipped
     diagnostics_sample = []
     if teacher is not None and cfg.diagnostics_images > 0:
-        step = max(1, len(unlabeled) // cfg.diagnostics_images)
-        diagnostics_sample = list(range(0, len(unlabeled), step))[: cfg.diagnostics_images]
+        with_truth = unlabeled.ground_truth_indices()
+        step = max(1, len(with_truth) // cfg.diagnostics_images)
+        diagnostics_sample = with_truth[::step][: cfg.diagnostics_images]
+        if master and len(with_truth) < len(unlabeled):
+            print(f"pseudo-label diagnostics: {len(unlabeled) - len(with_truth)} unlabeled images have no "
+                  f"ground truth (--unlabeled-images) and are skipped; measured on {len(diagnostics_sample)}"
+                  + ("" if with_truth else " (off: no unlabeled image has annotations)"))
 
     # ---- data order: a pure function of (seed, rank, world_size, iteration) -> exact resume ----
     sampler = TrainBatchSampler(labeled.aspect_ratios(), cfg.batch_size, cfg.seed, rank=dist_info.rank,
@@ -248,7 +283,7 @@ def main(argv=None):
     batches = iter(make_loader(labeled, sampler, cfg.workers, pin_memory=device.startswith("cuda")))
     if teacher is not None:  # the unlabeled stream starts after the burn-in (it is unused before)
         unlabeled_sampler = TrainBatchSampler(
-            unlabeled.aspect_ratios(), cfg.unlabeled_batch_size or 4 * cfg.batch_size, cfg.seed + 1,
+            unlabeled.aspect_ratios(), cfg.unlabeled_batch_size, cfg.seed + 1,
             rank=dist_info.rank, world_size=dist_info.world_size,
             start_iter=max(0, iteration - cfg.burn_in_iters))
         unlabeled_batches = iter(make_loader(unlabeled, unlabeled_sampler, cfg.workers,

@@ -8,9 +8,12 @@ actually used; scale the iteration counts inversely to the batch yourself.
 import argparse
 import dataclasses
 import os
+import re
 from dataclasses import dataclass, field
 
 import torch
+
+from sed.errors import ArgumentParser, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("supervised", "sed")
@@ -35,6 +38,10 @@ class TrainConfig:
     split_file: str = _help("json with the labeled image ids (overrides percent/seed)", "")
     labeled_ann: str = _help("ready-made COCO json of the labeled part (overrides the split)", "")
     unlabeled_ann: str = _help("ready-made COCO json of the unlabeled part", "")
+    unlabeled_images: str = _help("folder of unlabeled images (recursive; jpg jpeg png bmp webp; no json "
+                                  "needed), added to the unlabeled part", "")
+    verify_images: bool = _help("before training, decode every image and check its size against the json "
+                                "(parallel, --workers threads)", False)
     method: str = _help("training method: supervised | sed", "supervised")
     num_classes: int = _help("foreground classes C; 0 = read from train_ann", 0)
     # --- model ---
@@ -51,7 +58,8 @@ class TrainConfig:
     roi_batch_size: int = _help("RoIs sampled per image for the box-head loss", 512)
     # --- optimisation (1x schedule at batch 16: 90k iterations, steps at 60k and 80k) ---
     max_iter: int = _help("number of training iterations", 90000)
-    batch_size: int = _help("labeled images per iteration and process", 16)
+    batch_size: int = _help("labeled images per iteration and process; 0 = the method's per-GPU default "
+                            "(supervised 2, sed 1)", 0)
     lr: float = _help("base learning rate; 0 = linear scaling rule 0.02 * total_batch / 16", 0.0)
     momentum: float = _help("SGD momentum", 0.9)
     weight_decay: float = _help("SGD weight decay", 1e-4)
@@ -62,7 +70,7 @@ class TrainConfig:
     lr_gamma: float = _help("step decay factor", 0.1)
     grad_clip: float = _help("max gradient L2 norm; 0 = off", 0.0)
     # --- SED (SED_NOTES.md; defaults are the notes' design choices) ---
-    unlabeled_batch_size: int = _help("unlabeled images per iteration and process; 0 = 4x batch_size", 0)
+    unlabeled_batch_size: int = _help("sed: unlabeled images per iteration and process; 0 = 4x batch_size", 0)
     ema_momentum: float = _help("teacher EMA momentum m: theta_t <- m theta_t + (1-m) theta_s", 0.999)
     unsup_weight: float = _help("lambda_u in L = L_sup + lambda_u L_unsup", 4.0)
     burn_in_iters: int = _help("supervised-only iterations before distillation starts", 2000)
@@ -87,6 +95,7 @@ class TrainConfig:
     eval_every: int = _help("evaluate every N iterations (and at the end); 0 = only at the end", 5000)
     checkpoint_every: int = _help("write OUT/last.pt every N iterations (and at the end)", 5000)
     log_every: int = _help("write a line to OUT/log.jsonl every N iterations", 20)
+    tensorboard: bool = _help("also write the logged scalars to OUT/tensorboard (needs tensorboard)", False)
     out: str = _help("output directory", "runs/train")
     device: str = _help("cuda | cpu (torchrun: cuda:LOCAL_RANK)",
                         "cuda" if torch.cuda.is_available() else "cpu")
@@ -95,7 +104,7 @@ class TrainConfig:
     workers: int = _help("data loader worker processes per rank", 4)
     eval_batch_size: int = _help("images per inference batch and process", 8)
     resume: str = _help("checkpoint to continue from exactly (e.g. OUT/last.pt)", "")
-    tensorboard: bool = _help("also write the logged scalars to OUT/tensorboard (needs tensorboard)", False)
+    debug: bool = _help("show the Python traceback of a user error (also SED_DEBUG=1)", False)
 
     def __post_init__(self):
         self.min_size = tuple(int(s) for s in self.min_size)
@@ -104,15 +113,35 @@ class TrainConfig:
         self.lr_steps = [int(s) for s in self.lr_steps]
 
 
+# --help groups: title -> the first field of the group; a field belongs to the last group started
+# above it in declaration order, so a new field lands in its section's group by itself.
+HELP_GROUPS = {"data": "train_ann", "model": "backbone", "schedule": "max_iter", "SED": "unlabeled_batch_size",
+               "evaluation and logging": "eval_every", "system": "device"}
+
+
+def flag(name):
+    return "--" + name.replace("_", "-")
+
+
+def _name_flags(message):
+    """'labeled_percent must be ...' -> '--labeled-percent must be ...': the message starts with
+    the flag (and names other fields, those with an underscore, by their flags too)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    message = re.sub(r"^(\w+)", lambda m: flag(m[1]) if m[1] in names else m[1], message)
+    return re.sub(r"(?<![\w-])(\w+_\w+)", lambda m: flag(m[1]) if m[1] in names else m[1], message)
+
+
 def validate(cfg: TrainConfig, check_files=True):
-    """Raise a one-line ValueError for the first problem found."""
+    """Raise a one-line UserError, starting with the flag, for the first problem found."""
     checks = [
         (0 < cfg.labeled_percent <= 100, f"labeled_percent must be in (0, 100], got {cfg.labeled_percent}"),
         (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
         (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
         (cfg.num_classes >= 0, f"num_classes must be >= 0, got {cfg.num_classes}"),
-        (cfg.max_iter > 0 and cfg.batch_size > 0, "max_iter and batch_size must be positive"),
+        (cfg.max_iter > 0, f"max_iter must be positive, got {cfg.max_iter}"),
+        (cfg.batch_size >= 0 and cfg.unlabeled_batch_size >= 0,
+         "batch_size and unlabeled_batch_size must be >= 0 (0 = the method's default)"),
         (cfg.lr >= 0, f"lr must be >= 0 (0 = linear scaling rule), got {cfg.lr}"),
         (len(cfg.min_size) > 0 and min(cfg.min_size) > 0, f"min_size must be positive, got {cfg.min_size}"),
         (0 <= cfg.trainable_layers <= 5, f"trainable_layers must be in 0..5, got {cfg.trainable_layers}"),
@@ -123,29 +152,70 @@ def validate(cfg: TrainConfig, check_files=True):
     ]
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UserError(_name_flags(message))
     if not check_files:
         return
     for name in ("train_ann", "val_ann", "split_file", "labeled_ann", "unlabeled_ann", "resume"):
         path = getattr(cfg, name)
         if path and not os.path.isfile(path):
-            raise ValueError(f"{name}: file not found: {path}")
-    for name in ("train_images", "val_images"):
+            raise UserError(f"{flag(name)}: file not found: {path}")
+        if path and not os.access(path, os.R_OK):
+            raise UserError(f"{flag(name)}: no permission to read {path}")
+    for name in ("train_images", "val_images", "unlabeled_images"):
         path = getattr(cfg, name)
         if path and not os.path.isdir(path):
-            raise ValueError(f"{name}: directory not found: {path}")
+            raise UserError(f"{flag(name)}: directory not found: {path}")
     if not (cfg.train_ann or cfg.labeled_ann):
-        raise ValueError("give --train-ann (or --labeled-ann) and --train-images")
+        raise UserError("--train-ann: give --train-ann (or --labeled-ann) and --train-images")
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):
-        raise ValueError(f"backbone_weights: file not found: {cfg.backbone_weights}")
+        raise UserError(f"--backbone-weights: file not found: {cfg.backbone_weights}")
+
+
+# Images per process (= per GPU) when --batch-size is 0. Supervised: torchvision's detection
+# references (2 images per GPU, 8 GPUs -> 16). SED: Soft Teacher's 1 labeled + 4 unlabeled per GPU
+# (SED_NOTES "Framework"); the unlabeled batch defaults to 4x the labeled one for any batch.
+# Both fit one GPU at 800x1333 (design choice: the per-GPU recipe, not the total batch, is the
+# default, so that `torchrun --nproc_per_node 8` gives the recipes' totals of 16 and 8 + 32).
+DEFAULT_BATCH = {"supervised": 2, "sed": 1}
+UNLABELED_RATIO = 4
+
+
+def resolve_batch(cfg: TrainConfig, world_size=1) -> TrainConfig:
+    """A copy of cfg with batch_size, unlabeled_batch_size (sed only) and lr filled in.
+
+    batch_size 0 -> DEFAULT_BATCH[method]; unlabeled_batch_size 0 -> 4x batch_size (sed; 0 stays 0
+    for supervised, which uses no unlabeled images); lr 0 -> the linear scaling rule
+    0.02 * total labeled batch / 16 (Goyal et al. 2017; total = batch_size x world_size processes).
+    """
+    batch = cfg.batch_size or DEFAULT_BATCH[cfg.method]
+    unlabeled = (cfg.unlabeled_batch_size or UNLABELED_RATIO * batch) if cfg.method == "sed" else 0
+    lr = cfg.lr or 0.02 * batch * world_size / 16
+    return dataclasses.replace(cfg, batch_size=batch, unlabeled_batch_size=unlabeled, lr=lr)
+
+
+def describe_batch(cfg: TrainConfig, world_size=1) -> str:
+    """The start-up line with the effective batch of a resolved config, e.g. for 8 SED processes:
+    "batch: 1 labeled + 4 unlabeled images per process x 8 processes = 8 labeled + 32 unlabeled per
+    iteration; lr 0.01"."""
+    per, total = f"{cfg.batch_size} labeled", f"{cfg.batch_size * world_size} labeled"
+    if cfg.method == "sed":
+        per += f" + {cfg.unlabeled_batch_size} unlabeled"
+        total += f" + {cfg.unlabeled_batch_size * world_size} unlabeled"
+    processes = "process" if world_size == 1 else "processes"
+    return f"batch: {per} images per process x {world_size} {processes} = {total} per iteration; lr {cfg.lr:g}"
 
 
 def build_parser():
-    """One flag per TrainConfig field; help and defaults come from the dataclass."""
-    parser = argparse.ArgumentParser(description="Train Faster R-CNN supervised or with SED.",
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    defaults = TrainConfig()
+    """One flag per TrainConfig field, in the --help groups of HELP_GROUPS; help and defaults come
+    from the dataclass. Errors are one line (sed.errors.ArgumentParser)."""
+    parser = ArgumentParser(description="Train Faster R-CNN supervised or with SED.",
+                            usage="%(prog)s --train-ann JSON --train-images DIR [flags, by group below]",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults, group = TrainConfig(), parser
+    first_fields = {name: title for title, name in HELP_GROUPS.items()}
     for f in dataclasses.fields(TrainConfig):
+        if f.name in first_fields:
+            group = parser.add_argument_group(first_fields[f.name])
         flag, default, kwargs = "--" + f.name.replace("_", "-"), getattr(defaults, f.name), {}
         if f.type is bool:
             kwargs = dict(action=argparse.BooleanOptionalAction)
@@ -155,18 +225,18 @@ def build_parser():
             kwargs = dict(type=f.type)
         if f.name in ("method", "dtype", "eval_model"):
             kwargs["choices"] = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student")}[f.name]
-        parser.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
+        group.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
     return parser
 
 
 def parse_args(argv=None, check_files=True) -> TrainConfig:
-    """CLI -> validated TrainConfig. Unknown flags and invalid values exit with a usage error."""
+    """CLI -> validated TrainConfig. Unknown flags and invalid values: one line on stderr, exit 2."""
     parser = build_parser()
     cfg = TrainConfig(**vars(parser.parse_args(argv)))
     try:
         validate(cfg, check_files)
-    except ValueError as e:
-        parser.error(str(e))  # one line on stderr, exit status 2
+    except UserError as e:
+        parser.error(str(e))  # `error: <flag>: <problem>`, exit status 2
     return cfg
 
 

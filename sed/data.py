@@ -6,14 +6,18 @@ the horizontal flip of each image is drawn by `TrainBatchSampler` and passed as
 `dataset[(index, flip)]`, so the training stream is a pure function of (seed, iteration) whatever
 the number of workers. Multi-scale resizing is done by the model (`min_size` tuple).
 """
+import bisect
 import contextlib
 import copy
 import io
 import itertools
 import json
 import math
+import os
 import warnings
 from collections import Counter
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,45 +25,102 @@ import torch
 from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from sed.errors import UserError
 
 
 def _load_coco_json(ann_file):
-    """Parse and validate a COCO annotation file -> dict (one-line errors naming the file)."""
+    """Parse and validate a COCO annotation file -> (dict, columns of its annotations).
+
+    columns: {"image_id", "category_id", "bbox", "iscrowd", "area"}, one entry per annotation in
+    file order (lists; "bbox" a float64 array [A, 4] xywh), read in one pass and shared by the
+    validation and the targets (a file of train2017's size has 860k annotations).
+    """
     if not ann_file.is_file():
-        raise FileNotFoundError(f"{ann_file}: annotation file not found")
+        raise UserError(f"{ann_file}: annotation file not found")
     try:
         data = json.loads(ann_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{ann_file}: not a COCO annotation file (not valid JSON)") from None
+        raise UserError(f"{ann_file}: not a COCO annotation file (not valid JSON)") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{ann_file}: not a COCO annotation file (not a JSON object)")
+        raise UserError(f"{ann_file}: not a COCO annotation file (not a JSON object)")
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise ValueError(f"{ann_file}: not a COCO annotation file (missing '{key}')")
+            raise UserError(f"{ann_file}: not a COCO annotation file (missing '{key}')")
+    anns = data["annotations"]
     cat_ids = {c["id"] for c in data["categories"]}
-    for ann in data["annotations"]:
-        if ann["category_id"] not in cat_ids:
-            raise ValueError(f"{ann_file}: annotation {ann['id']} has category_id "
-                             f"{ann['category_id']}, not in 'categories' {sorted(cat_ids)}")
-        box = ann.get("bbox")
+    columns = {"image_id": [a["image_id"] for a in anns], "category_id": [a["category_id"] for a in anns],
+               "iscrowd": [a.get("iscrowd", 0) for a in anns], "area": [a.get("area") for a in anns]}
+    unknown = [k for k, c in enumerate(columns["category_id"]) if c not in cat_ids]
+    if unknown:
+        ann = anns[unknown[0]]
+        raise UserError(f"{ann_file}: annotation {ann['id']} has category_id "
+                        f"{ann['category_id']}, not in 'categories' {sorted(cat_ids)}")
+    columns["bbox"] = _boxes_array(ann_file, anns)
+    return data, columns
+
+
+def _boxes_array(ann_file, anns):
+    """The "bbox" of every annotation -> float64 array [A, 4] xywh; a malformed one is a UserError.
+
+    One numpy conversion for all boxes (fast path); only when it fails or yields a non-number or a
+    non-finite value does a per-annotation loop look for the first offender to name it.
+    """
+    boxes = [a.get("bbox") for a in anns]
+    try:
+        array = np.array(boxes)   # dtype inferred: numbers -> int64/float64; a string or null -> not numeric
+        ok = array.shape == (len(anns), 4) and array.dtype.kind in "biuf" and np.isfinite(array).all()
+    except (ValueError, TypeError):   # ragged lists
+        ok = False
+    if ok or not anns:
+        return array.astype(np.float64).reshape(-1, 4)
+    for ann, box in zip(anns, boxes):
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
-            raise ValueError(f"{ann_file}: image {ann['image_id']} has malformed bbox {box!r} "
-                             f"(annotation {ann['id']}; need 4 finite numbers [x, y, w, h])")
-    return data
+            raise UserError(f"{ann_file}: image {ann['image_id']} has malformed bbox {box!r} "
+                            f"(annotation {ann['id']}; need 4 finite numbers [x, y, w, h])")
+    return np.array(boxes, dtype=np.float64)   # e.g. integers beyond int64: valid, converted here
 
 
 def load_rgb(path, what="image"):
     """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted).
 
-    An empty, truncated or non-image file is a one-line ValueError naming the path.
+    An empty, truncated or non-image file is a one-line UserError naming the path.
     """
     try:
         with Image.open(path) as im:
             pixels = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
     except OSError as e:  # PIL.UnidentifiedImageError is an OSError
-        raise ValueError(f"{path}: cannot read the image ({what}): {e}") from None
+        raise UserError(f"{path}: cannot read the image ({what}): {e}") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
+
+
+class PackedTargets(Mapping):
+    """{image_id: (boxes [N, 4] xyxy float32, labels [N] int64, areas [N] float64)}, read-only.
+
+    The boxes of all images in three arrays sorted by image; image k (file order) owns rows
+    offsets[k]:offsets[k + 1], and a lookup returns views. Design choice for train2017's 118k images:
+    3 arrays instead of 3 per image are built in one vectorised pass, and forked DataLoader workers
+    that read them write to no per-image Python object (reference counts), which would copy its
+    memory page into the worker.
+    """
+
+    def __init__(self, position, boxes, labels, areas, offsets):
+        self._position = position                       # {image_id: k}, file order
+        self.boxes, self.labels, self.areas = boxes, labels, areas
+        self.offsets = offsets                          # [I + 1] int64
+
+    def __getitem__(self, image_id):
+        k = self._position[image_id]
+        start, end = self.offsets[k], self.offsets[k + 1]
+        return self.boxes[start:end], self.labels[start:end], self.areas[start:end]
+
+    def __iter__(self):
+        return iter(self._position)
+
+    def __len__(self):
+        return len(self._position)
 
 
 class CocoDetection(Dataset):
@@ -77,7 +138,7 @@ class CocoDetection(Dataset):
     def __init__(self, ann_file, image_dir, image_ids=None):
         self.ann_file = Path(ann_file)
         self.image_dir = Path(image_dir)
-        data = _load_coco_json(self.ann_file)
+        data, columns = _load_coco_json(self.ann_file)
         self.coco = COCO()
         self.coco.dataset = data
         with contextlib.redirect_stdout(io.StringIO()):   # pycocotools prints "creating index..."
@@ -87,36 +148,46 @@ class CocoDetection(Dataset):
         self.cat_id_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
         self.label_to_cat_id = {i + 1: c for i, c in enumerate(cat_ids)}
         self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
-        self._targets = self._precompute_targets(data["images"])
+        self._targets = self._precompute_targets(data["images"], columns)
         self.image_ids = [img["id"] for img in data["images"]]
         if image_ids is not None:
             self.image_ids = self._restrict(image_ids)
 
-    def _precompute_targets(self, images):
-        """{image_id: (boxes [N, 4] xyxy float32, labels [N] int64, areas [N])}, warns once."""
-        targets, dropped = {}, 0
-        for img in images:
-            anns = [a for a in self.coco.imgToAnns[img["id"]] if not a.get("iscrowd", 0)]
-            xywh = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-            boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-            boxes[:, 0::2] = boxes[:, 0::2].clip(0, img["width"])
-            boxes[:, 1::2] = boxes[:, 1::2].clip(0, img["height"])
-            keep = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
-            dropped += int((~keep).sum())
-            labels = np.array([self.cat_id_to_label[a["category_id"]] for a in anns], dtype=np.int64)
-            # COCOeval's size ranges use the annotation's "area" (segment area), else the box area
-            areas = np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in anns], dtype=float)
-            targets[img["id"]] = (boxes[keep].astype(np.float32), labels[keep], areas[keep])
+    def _precompute_targets(self, images, columns):
+        """PackedTargets {image_id: (boxes [N, 4] xyxy float32, labels [N] int64, areas [N])}, warns once.
+
+        All annotations at once (columns from _load_coco_json): drop crowd boxes and those of images
+        not in the file, xywh -> xyxy, clip to the image, drop w or h < 1, then group by image
+        (stable: file order within an image, as pycocotools' imgToAnns).
+        """
+        position = {img["id"]: k for k, img in enumerate(images)}
+        size = np.array([(img["width"], img["height"]) for img in images], dtype=np.float64).reshape(-1, 2)
+        image_of = np.array([position.get(i, -1) for i in columns["image_id"]], dtype=np.int64)   # [A]
+        xywh = columns["bbox"]                                                                    # [A, 4]
+        boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)                 # [A, 4] xyxy
+        wh = size[image_of.clip(0)] if len(size) else np.zeros((len(boxes), 2))                   # [A, 2]
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, wh[:, :1])
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, wh[:, 1:])
+        counted = (image_of >= 0) & (np.array(columns["iscrowd"], dtype=np.int64).reshape(-1) == 0)
+        valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
+        dropped = int((counted & ~valid).sum())
+        kept = np.flatnonzero(counted & valid)
+        kept = kept[np.argsort(image_of[kept], kind="stable")]                                   # [K] by image
+        labels = np.array([self.cat_id_to_label[c] for c in columns["category_id"]], dtype=np.int64)
+        # COCOeval's size ranges use the annotation's "area" (segment area), else the box area
+        areas = np.array(columns["area"], dtype=np.float64)                                       # None -> nan
+        areas = np.where(np.isnan(areas), xywh[:, 2] * xywh[:, 3], areas)
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(image_of[kept], minlength=len(images)))])
         if dropped:
             warnings.warn(f"{self.ann_file.name}: dropped {dropped} degenerate boxes (w or h < 1)")
-        return targets
+        return PackedTargets(position, boxes[kept].astype(np.float32), labels[kept], areas[kept], offsets)
 
     def _restrict(self, image_ids):
         """The file-ordered subset of image ids; unknown ids are an error."""
         wanted = set(image_ids)
         unknown = wanted - self._targets.keys()
         if unknown:
-            raise ValueError(f"{self.ann_file}: {len(unknown)} requested image ids not in the file, "
+            raise UserError(f"{self.ann_file}: {len(unknown)} requested image ids not in the file, "
                              f"e.g. {sorted(unknown)[:5]}")
         return [i for i in self._targets if i in wanted]   # dict order = file order
 
@@ -135,11 +206,11 @@ class CocoDetection(Dataset):
         info = self.coco.imgs[image_id]
         path = self.image_dir / info["file_name"]
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: image file not found (image id {image_id})")
+            raise UserError(f"{path}: image file not found (image id {image_id})")
         image = load_rgb(path, f"image id {image_id}")  # [3, H, W]
         h, w = image.shape[-2:]
         if (w, h) != (info["width"], info["height"]):
-            raise ValueError(f"{path}: image is {w}x{h} but {self.ann_file.name} says "
+            raise UserError(f"{path}: image is {w}x{h} but {self.ann_file.name} says "
                              f"{info['width']}x{info['height']} (image id {image_id})")
         boxes_np, labels_np, _ = self._targets[image_id]
         boxes = torch.from_numpy(boxes_np.copy())              # [N, 4] xyxy
@@ -171,6 +242,172 @@ class CocoDetection(Dataset):
             f"  boxes per class: {per_class or '-'}",
             f"  box sizes (COCO area): small {small}, medium {len(areas) - small - large}, "
             f"large {large}"])
+
+    def files(self):
+        """[(path, (width, height) from the JSON)] of the images of the data set, in index order."""
+        return [(self.image_dir / self.coco.imgs[i]["file_name"],
+                 (self.coco.imgs[i]["width"], self.coco.imgs[i]["height"])) for i in self.image_ids]
+
+    def ground_truth_indices(self):
+        """Indices of the images with ground truth (all: an image without boxes has none to find)."""
+        return list(range(len(self)))
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+class ImageFolderDetection(Dataset):
+    """The images of a folder and its subfolders, without annotations: an unlabeled pool that needs
+    no COCO JSON (`--unlabeled-images DIR`). The interface of CocoDetection that training uses:
+    dataset[(i, flip)] -> (image [3, H, W] float 0..1 RGB, target with no boxes: {"boxes": [0, 4],
+    "labels": [0], "image_id": i, "orig_size", "flipped", "file_name": path relative to the folder}),
+    aspect_ratios(), summary(), files(), ground_truth_indices() (none).
+    Files: IMAGE_EXTENSIONS in any letter case, sorted by relative path; hidden files skipped.
+    """
+
+    def __init__(self, image_dir):
+        self.image_dir = Path(image_dir)
+        if not self.image_dir.is_dir():
+            raise UserError(f"{self.image_dir}: directory not found (unlabeled images)")
+        self.paths = sorted(p for p in self.image_dir.rglob("*")
+                            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                            and p.is_file())
+        if not self.paths:
+            raise UserError(f"{self.image_dir}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images "
+                            "in the folder or its subfolders")
+        self._sizes = None
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        path = self.paths[index]
+        image = load_rgb(path, "unlabeled image")  # [3, H, W]
+        if flip:
+            image = image.flip(-1)
+        return image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                       "image_id": index, "orig_size": tuple(image.shape[-2:]), "flipped": bool(flip),
+                       "file_name": str(path.relative_to(self.image_dir))}
+
+    def sizes(self):
+        """(width, height) of each image from its header (PIL reads no pixels); an unreadable header
+        is a UserError naming the file."""
+        if self._sizes is None:
+            self._sizes = []
+            for path in self.paths:
+                try:
+                    with Image.open(path) as im:
+                        self._sizes.append(im.size)
+                except OSError as e:
+                    raise UserError(f"{path}: cannot read the image (unlabeled image): {e}") from None
+        return self._sizes
+
+    def aspect_ratios(self):
+        return [w / h for w, h in self.sizes()]
+
+    def files(self):
+        return [(path, None) for path in self.paths]  # no JSON size to check against
+
+    def ground_truth_indices(self):
+        return []
+
+    def summary(self, title=None):
+        return f"{title or self.image_dir}: {len(self)} images without annotations (unlabeled only)"
+
+
+class ConcatDetection(Dataset):
+    """Data sets one after the other (the unlabeled pool of --unlabeled-ann and --unlabeled-images):
+    index i is index i - offsets[k] of part k. torch's ConcatDataset takes int indices only, and
+    training indexes with (index, flip)."""
+
+    def __init__(self, datasets):
+        self.datasets = list(datasets)
+        self.offsets = [0, *itertools.accumulate(len(d) for d in self.datasets)]
+
+    def __len__(self):
+        return self.offsets[-1]
+
+    def __getitem__(self, item):
+        index, flip = item if isinstance(item, tuple) else (item, False)
+        k = bisect.bisect_right(self.offsets, index) - 1
+        return self.datasets[k][(index - self.offsets[k], flip)]
+
+    def aspect_ratios(self):
+        return [r for d in self.datasets for r in d.aspect_ratios()]
+
+    def files(self):
+        return [f for d in self.datasets for f in d.files()]
+
+    def ground_truth_indices(self):
+        return [offset + i for d, offset in zip(self.datasets, self.offsets) for i in d.ground_truth_indices()]
+
+    def summary(self, title=None):
+        return "\n".join(d.summary() for d in self.datasets)
+
+
+def _parts(dataset):
+    return dataset.datasets if isinstance(dataset, ConcatDetection) else [dataset]
+
+
+def _examples(names, n=3):
+    return ", ".join(map(str, names[:n])) + (", ..." if len(names) > n else "")
+
+
+def _missing_files(root, names):
+    """The names (relative to root, "/"-separated as in COCO's file_name) of files that do not exist.
+    Design choice: one directory listing per folder instead of one stat per file (a cold stat of
+    each of train2017's 118k files took tens of seconds here); only names not listed are stat-ed."""
+    listed, missing = {}, []
+    for name in names:
+        folder, _, base = name.rpartition("/")
+        if folder not in listed:
+            path = os.path.join(root, folder)
+            listed[folder] = set(os.listdir(path)) if os.path.isdir(path) else set()
+        if base not in listed[folder] and not os.path.isfile(os.path.join(root, name)):
+            missing.append(name)
+    return missing
+
+
+def check_image_files(*datasets):
+    """Every image file that the COCO data sets name exists, checked before the first iteration
+    rather than when the sampler first meets a missing file hours in. One UserError per annotation
+    file, with the count and the first names. None entries are skipped."""
+    for part in (p for d in datasets if d is not None for p in _parts(d)):
+        if not isinstance(part, CocoDetection):
+            continue  # a folder's files were listed from the disk
+        missing = _missing_files(str(part.image_dir), [part.coco.imgs[i]["file_name"] for i in part.image_ids])
+        if missing:
+            raise UserError(f"{part.ann_file}: {len(missing)} of its {len(part)} image files are not in "
+                            f"{part.image_dir}: {_examples(missing)}")
+
+
+def _verify_one(entry):
+    """(path, expected (w, h) or None) -> a problem string or None: decode all pixels."""
+    path, expected = entry
+    try:
+        with Image.open(path) as im:
+            im.load()
+            size = im.size
+    except OSError as e:  # truncated, corrupt, not an image, unreadable
+        return f"{path.name}: cannot decode ({e})"
+    if expected is not None and tuple(size) != tuple(expected):
+        return f"{path.name}: is {size[0]}x{size[1]}, the JSON says {expected[0]}x{expected[1]}"
+    return None
+
+
+def verify_images(datasets, workers=4, progress=True):
+    """Decode every image of the data sets (threads: PIL releases the GIL while decoding) and check
+    its size against the JSON; one UserError naming the count and the first problems."""
+    entries = list(dict.fromkeys(f for d in datasets if d is not None for f in d.files()))
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        results = list(tqdm(pool.map(_verify_one, entries, chunksize=64), total=len(entries),
+                            desc="verifying images", disable=not progress, dynamic_ncols=True))
+    problems = [r for r in results if r is not None]
+    if problems:
+        raise UserError(f"{entries[results.index(problems[0])][0].parent}: {len(problems)} of "
+                        f"{len(entries)} images are unusable (--verify-images): {_examples(problems)}")
+    return len(entries)
 
 
 def collate(batch):

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from sed.backbone import BackboneFPN
+from sed.errors import UserError
 from sed.roi_heads import RoIHeads
 from sed.rpn import RegionProposalNetwork
 from sed.transform import ImageTransform
@@ -69,7 +70,7 @@ def build_model(num_classes, backbone="resnet50", backbone_weights=None, trainab
     The last three are smaller in the CPU experiments on small synthetic images.
     """
     if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
+        raise UserError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
     backbone = BackboneFPN(backbone, backbone_weights, trainable_layers)
     rpn = RegionProposalNetwork(backbone.out_channels, anchor_sizes, pre_nms_top_n=rpn_proposals,
                                 post_nms_top_n=rpn_proposals)
@@ -130,6 +131,6 @@ def load_torchvision_weights(model, state_dict):
         renamed[name] = value
     classes = renamed["roi_heads.predictor.cls_score.weight"].shape[0] - 1
     if classes != model.num_classes:
-        raise ValueError(f"torchvision weights have {classes} foreground classes, the model {model.num_classes}")
+        raise UserError(f"torchvision weights have {classes} foreground classes, the model {model.num_classes}")
     model.load_state_dict(renamed, strict=True)
     return model

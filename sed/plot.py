@@ -118,18 +118,24 @@ def make_plots(run_dir, plot_dir=None):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m sed.plot", description=__doc__.splitlines()[0])
+    """One line `error: ...` for a user error (sed/errors.py): exit 2 without matplotlib, 1 for a
+    missing folder or logs without data (read_jsonl's ValueErrors name the file and line)."""
+    from sed.errors import ArgumentParser, UserError, debug_requested, report
+    parser = ArgumentParser(prog="python -m sed.plot", description=__doc__.splitlines()[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("run_dir", help="training output directory with log.jsonl / metrics.jsonl")
     parser.add_argument("--out", default=None, help="directory of the PNG files (default RUN_DIR/plots)")
+    parser.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = parser.parse_args(argv)
     try:
+        if not Path(args.run_dir).is_dir():
+            raise UserError(f"{args.run_dir}: not a directory (the --out of a train.py run)")
         written = make_plots(args.run_dir, args.out)
-    except MissingMatplotlib as e:
-        print(e, file=sys.stderr)
-        sys.exit(2)
-    except ValueError as e:
-        print(f"sed.plot: {e}", file=sys.stderr)
-        sys.exit(1)
+    except (MissingMatplotlib, ValueError) as e:  # UserError is a ValueError
+        if debug_requested(args.debug):
+            raise
+        report(str(e))
+        sys.exit(2 if isinstance(e, MissingMatplotlib) else 1)
     plot_dir = Path(args.out) if args.out else Path(args.run_dir) / "plots"
     skipped = [n for n in ("losses.png", "lr.png", "ap.png", "diagnostics.png") if n not in written]
     print(f"wrote {', '.join(written) or 'nothing'} to {plot_dir}"

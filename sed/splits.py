@@ -13,20 +13,23 @@ from pathlib import Path
 import numpy as np
 
 from sed.data import CocoDetection
+from sed.errors import UserError
 
 
 def percent_split(image_ids, percent, seed):
     """(labeled_ids, unlabeled_ids), both in the order of image_ids; disjoint, union = all.
 
-    round(n * percent / 100) images (at least 1) are drawn without replacement with
-    `np.random.RandomState(seed).choice` over the positions of image_ids.
+    Soft Teacher's `semi_coco.py` exactly (SED_NOTES "Results"): `int(percent / 100. * n)` images
+    (truncated, not rounded: train2017 at 10 % keeps 11828 of 118287, not 11829; at least 1) are
+    drawn without replacement with `np.random.RandomState(seed).choice` (= its `np.random.seed(fold)`
+    then `np.random.choice`) over the positions of image_ids in file order.
     """
     ids = list(image_ids)
     if not ids:
         raise ValueError("percent_split: no images to split")
     if not 0 < percent <= 100:
         raise ValueError(f"percent_split: labeled percent must be in (0, 100], got {percent}")
-    size = max(1, round(len(ids) * percent / 100))
+    size = max(1, int(percent / 100.0 * len(ids)))  # this float expression, as semi_coco.py writes it
     chosen = set(np.random.RandomState(seed).choice(len(ids), size=size, replace=False).tolist())
     labeled = [i for k, i in enumerate(ids) if k in chosen]
     unlabeled = [i for k, i in enumerate(ids) if k not in chosen]
@@ -54,23 +57,25 @@ def read_split_file(path, percent, seed, image_ids):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: split file not found")
+        raise UserError(f"{path}: split file not found")
     try:
         table = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        raise ValueError(f"{path}: split file is not valid JSON") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{path}: split file is not valid JSON") from None
+    if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+        raise UserError(f"{path}: split file must be JSON {{\"<percent>\": {{\"<seed>\": [indices]}}}}")
     percent_key = _find_key(table, percent, float)
     if percent_key is None:
-        raise ValueError(f"{path}: no percent {percent} in split file, available: {list(table)}")
+        raise UserError(f"{path}: no percent {percent} in split file, available: {list(table)}")
     seed_key = _find_key(table[percent_key], seed, int)
     if seed_key is None:
-        raise ValueError(f"{path}: no seed {seed} for percent {percent} in split file, "
+        raise UserError(f"{path}: no seed {seed} for percent {percent} in split file, "
                          f"available: {list(table[percent_key])}")
     indices = table[percent_key][seed_key]
     ids = list(image_ids)
     bad = [k for k in indices if not (isinstance(k, int) and 0 <= k < len(ids))]
     if bad or len(set(indices)) != len(indices):
-        raise ValueError(f"{path}: percent {percent} seed {seed}: indices must be distinct ints in "
+        raise UserError(f"{path}: percent {percent} seed {seed}: indices must be distinct ints in "
                          f"[0, {len(ids)}), got e.g. {bad[:5] or 'duplicates'}")
     chosen = set(indices)
     return ([i for k, i in enumerate(ids) if k in chosen],
@@ -101,7 +106,7 @@ def load_split(train_ann, train_images, labeled_percent=None, split_seed=1, spli
     full = CocoDetection(train_ann, train_images)
     if split_file is not None:
         if labeled_percent is None:
-            raise ValueError(f"{split_file}: a split file needs labeled_percent to pick its list")
+            raise UserError(f"{split_file}: a split file needs labeled_percent to pick its list")
         labeled, unlabeled = read_split_file(split_file, labeled_percent, split_seed,
                                              detectron2_image_ids(full))
     elif labeled_percent is None or labeled_percent == 100:

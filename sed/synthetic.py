@@ -162,7 +162,9 @@ def generate(out_dir, num_train=200, num_val=50, seed=0, image_size=128,
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Write a synthetic COCO-format shapes data set.")
+    from sed.errors import ArgumentParser, UserError, user_errors
+    p = ArgumentParser(description="Write a synthetic COCO-format shapes data set.",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("out", help="output directory")
     p.add_argument("--num-train", type=int, default=200, help="number of train images")
     p.add_argument("--num-val", type=int, default=50, help="number of val images")
@@ -172,9 +174,21 @@ def main(argv=None):
                    help="image height = width * one of these (pass 1 for square images)")
     p.add_argument("--empty-fraction", type=float, default=0.05,
                    help="fraction of train images with no objects")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
-    paths = generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
-                     tuple(args.height_ratios), args.empty_fraction)
+    checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),
+              (args.num_val >= 1, f"--num-val: must be >= 1, got {args.num_val}"),
+              # 16 px: the smallest width at which the shapes render (design choice: checked here)
+              (args.image_size >= 16, f"--image-size: must be >= 16 pixels, got {args.image_size}"),
+              (min(args.height_ratios) > 0, f"--height-ratios: must be positive, got {args.height_ratios}"),
+              (0 <= args.empty_fraction <= 1, f"--empty-fraction: must be in [0, 1], got {args.empty_fraction}"),
+              (not Path(args.out).exists() or Path(args.out).is_dir(), f"{args.out}: exists and is not a directory")]
+    with user_errors(args.debug):
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
+        paths = generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
+                         tuple(args.height_ratios), args.empty_fraction)
     for k, v in paths.items():
         print(f"{k}: {v}")
 

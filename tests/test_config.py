@@ -1,5 +1,6 @@
 """CLI flags are generated from TrainConfig; validation gives one-line errors."""
 import dataclasses
+import re
 
 import pytest
 
@@ -39,25 +40,27 @@ def test_unknown_flag_and_bad_choice_exit():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--labeled-percent", "0"], "labeled_percent must be in (0, 100]"),
-    (["--labeled-percent", "101"], "labeled_percent must be in (0, 100]"),
-    (["--trainable-layers", "7"], "trainable_layers must be in 0..5"),
-    (["--lr-steps", "10", "5"], "lr_steps must be increasing"),
+    (["--labeled-percent", "0"], "--labeled-percent must be in (0, 100], got 0.0"),
+    (["--labeled-percent", "101"], "--labeled-percent must be in (0, 100], got 101.0"),
+    (["--trainable-layers", "7"], "--trainable-layers must be in 0..5, got 7"),
+    (["--lr-steps", "10", "5"], "--lr-steps must be increasing, got [10, 5]"),
 ])
 def test_validation_messages(argv, message, capsys):
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit) as stop:
         parse_args(argv, check_files=False)
-    assert message in capsys.readouterr().err
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace("]", r"\]")):
+    assert stop.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"  # one line, no usage
+    with pytest.raises(ValueError, match=re.escape(message)):
         validate(TrainConfig(**vars(build_parser().parse_args(argv))), check_files=False)
 
 
 def test_missing_files_are_named(tmp_path, capsys):
     ann = tmp_path / "a.json"
     ann.write_text("{}")
-    for argv, message in [(["--train-ann", str(tmp_path / "nope.json")], f"train_ann: file not found: {tmp_path}"),
+    for argv, message in [(["--train-ann", str(tmp_path / "nope.json")], f"--train-ann: file not found: {tmp_path}"),
                           (["--train-ann", str(ann), "--train-images", str(tmp_path / "imgs")],
-                           "train_images: directory not found"),
+                           "--train-images: directory not found"),
+                          (["--train-ann", str(ann), "--unlabeled-images", str(tmp_path / "photos")],
+                           "--unlabeled-images: directory not found"),
                           ([], "give --train-ann")]:
         with pytest.raises(SystemExit):
             parse_args(argv)
@@ -67,3 +70,17 @@ def test_missing_files_are_named(tmp_path, capsys):
 def test_round_trip_through_dict():
     cfg = parse_args(["--min-size", "64", "--method", "sed"], check_files=False)
     assert from_dict({**dataclasses.asdict(cfg), "unknown_old_key": 1}) == cfg
+
+
+def test_help_is_grouped_and_every_flag_is_in_one_group():
+    """--help lists the flags in the HELP_GROUPS sections; a field belongs to the last group that
+    starts above it, so the SED fields (and any added after them) land in the SED group."""
+    from sed.config import HELP_GROUPS
+    groups = {g.title: [a.dest for a in g._group_actions] for g in build_parser()._action_groups}
+    assert list(HELP_GROUPS) == [t for t in groups if t in HELP_GROUPS]
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    assert [n for title in HELP_GROUPS for n in groups[title]] == names  # each field once, in order
+    assert groups["SED"][0] == "unlabeled_batch_size" and "diagnostics_images" in groups["SED"]
+    assert {"unlabeled_images", "verify_images"} <= set(groups["data"]) and "debug" in groups["system"]
+    text = build_parser().format_help()
+    assert text.index("\nSED:\n") < text.index("--ema-momentum") < text.index("\nevaluation and logging:\n")

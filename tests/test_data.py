@@ -10,6 +10,7 @@ from PIL import Image
 
 from sed import synthetic
 from sed.data import (CocoDetection, TrainBatchSampler, collate, make_eval_loader, make_loader)
+from sed.errors import UserError
 
 CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]
 
@@ -39,7 +40,7 @@ def _ann(i, image_id, cat, bbox, **extra):
 # ---- validation -------------------------------------------------------------------------------
 
 def test_missing_annotation_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.json: annotation file not found"):
+    with pytest.raises(UserError, match="nope.json: annotation file not found"):
         CocoDetection(tmp_path / "nope.json", tmp_path)
 
 
@@ -69,7 +70,7 @@ def test_missing_image_file(tmp_path):
     ann_file, image_dir = _write(tmp_path, [_img(1)], [])
     (image_dir / "1.png").unlink()
     ds = CocoDetection(ann_file, image_dir)
-    with pytest.raises(FileNotFoundError, match=r"1.png: image file not found \(image id 1\)"):
+    with pytest.raises(UserError, match=r"1.png: image file not found \(image id 1\)"):
         ds[0]
 
 

@@ -127,9 +127,12 @@ def test_bad_arguments(setup, tmp_path, capsys, args, message):
     assert message in capsys.readouterr().err
 
 
-def test_unreadable_image_in_folder_is_a_one_line_error(setup, folder):
+def test_unreadable_image_in_folder_is_a_one_line_error(setup, folder, capsys):
     _, ckpt = setup
     (folder / "broken.png").write_bytes(b"")
-    with pytest.raises(ValueError, match=r"broken.png: cannot read the image") as info:
+    with pytest.raises(SystemExit) as stop:
         run(ckpt, "--images", str(folder))
-    assert "\n" not in str(info.value)
+    assert stop.value.code == 1
+    err = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert err == (f"error: {folder / 'broken.png'}: cannot read the image (image): cannot identify "
+                   f"image file '{folder / 'broken.png'}'")

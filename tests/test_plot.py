@@ -58,7 +58,7 @@ def test_missing_matplotlib_gives_the_install_message(run_dir, monkeypatch, caps
     with pytest.raises(SystemExit) as e:
         main([str(run_dir)])
     assert e.value.code == 2
-    assert capsys.readouterr().err == MISSING_MATPLOTLIB + "\n"
+    assert capsys.readouterr().err == f"error: {MISSING_MATPLOTLIB}\n"
     assert MISSING_MATPLOTLIB == "sed.plot needs matplotlib: pip install matplotlib"
 
 
@@ -70,7 +70,7 @@ def test_missing_or_empty_logs_give_a_one_line_error(tmp_path, capsys, content):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path)])
     assert e.value.code == 1
-    assert capsys.readouterr().err == f"sed.plot: {tmp_path}: no log.jsonl or metrics.jsonl with data\n"
+    assert capsys.readouterr().err == f"error: {tmp_path}: no log.jsonl or metrics.jsonl with data\n"
 
 
 def test_bad_line_names_file_and_line(tmp_path):

@@ -1,6 +1,7 @@
 """sed.splits: percent splits, Unbiased Teacher split files, load_split."""
 import json
 
+import numpy as np
 import pytest
 
 from sed import synthetic
@@ -59,3 +60,15 @@ def test_load_split_cases(tmp_path):
     assert len(labeled) + len(unlabeled) == len(annotated)
     lab, unl = load_split(None, images, labeled_ann=ann, unlabeled_ann=ann)
     assert lab.image_ids == unl.image_ids == full.image_ids
+
+
+@pytest.mark.parametrize("n, percent, expected", [(118287, 10, 11828), (118287, 1, 1182), (15, 10, 1),
+                                                  (100, 29, 28)])
+def test_percent_split_truncates_as_soft_teacher(n, percent, expected):
+    """Soft Teacher's semi_coco.py: int(percent / 100. * n), where round() would keep one image more
+    (11828.7, 1182.87, 1.5; 0.29 * 100 = 28.999999999999996 in floating point)."""
+    assert round(n * percent / 100) == expected + 1
+    labeled, unlabeled = percent_split(range(n), percent, seed=1)
+    assert len(labeled) == expected and len(unlabeled) == n - expected
+    chosen = np.random.RandomState(1).choice(n, size=expected, replace=False)   # semi_coco.py's draw
+    assert labeled == sorted(chosen.tolist())

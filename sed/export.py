@@ -1,0 +1,75 @@
+"""Export a train.py checkpoint as a torchvision Faster R-CNN state dict:
+`python -m sed.export CKPT OUT.pth [--model teacher|student]`.
+
+The reverse of `sed.load_torchvision_weights`: our parameter names are renamed to those of
+torchvision's `fasterrcnn_resnet*_fpn` models, whose output has one background class + C classes.
+The command prints the torchvision constructor that takes the file: `FasterRCNN` on
+`resnet_fpn_backbone`, whose frozen batch norm is ours (`fasterrcnn_resnet50_fpn(weights=None,
+weights_backbone=None)` builds trainable BatchNorm2d layers instead, whose state has
+`num_batches_tracked` entries). SED checkpoints export the EMA teacher by default.
+"""
+import re
+
+import torch
+
+from sed.checkpoint import load_checkpoint
+from sed.config import from_dict
+from sed.errors import ArgumentParser, UserError, user_errors
+
+# ours -> torchvision name (the reverse of sed.model.TORCHVISION_RENAMES)
+TO_TORCHVISION = [
+    (r"^backbone\.fpn\.lateral\.(\d)\.", r"backbone.fpn.inner_blocks.\1.0."),
+    (r"^backbone\.fpn\.output\.(\d)\.", r"backbone.fpn.layer_blocks.\1.0."),
+    (r"^rpn\.head\.conv\.", "rpn.head.conv.0.0."),
+    (r"^rpn\.head\.objectness\.", "rpn.head.cls_logits."),
+    (r"^rpn\.head\.deltas\.", "rpn.head.bbox_pred."),
+    (r"^roi_heads\.predictor\.", "roi_heads.box_predictor."),
+]
+TORCHVISION_ANCHORS = (32, 64, 128, 256, 512)  # fasterrcnn_resnet50_fpn's default, one size per level
+
+
+def to_torchvision(state_dict):
+    """Our model's state dict -> torchvision Faster R-CNN names (the same tensors)."""
+    renamed = {}
+    for name, value in state_dict.items():
+        for pattern, replacement in TO_TORCHVISION:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = value
+    return renamed
+
+
+def torchvision_constructor(cfg):
+    """The Python line that builds the torchvision model the exported file fits (eval settings)."""
+    options = [f"num_classes={cfg.num_classes + 1}", f"min_size={cfg.min_size[-1]}", f"max_size={cfg.max_size}"]
+    if cfg.rpn_proposals[1] != 1000:  # torchvision's eval default, before and after NMS
+        options += [f"rpn_pre_nms_top_n_test={cfg.rpn_proposals[1]}", f"rpn_post_nms_top_n_test={cfg.rpn_proposals[1]}"]
+    if tuple(cfg.anchor_sizes) != TORCHVISION_ANCHORS:
+        options.append("rpn_anchor_generator=AnchorGenerator("
+                       f"{tuple((s,) for s in cfg.anchor_sizes)}, ((0.5, 1.0, 2.0),) * 5)")
+    return (f"FasterRCNN(resnet_fpn_backbone(backbone_name={cfg.backbone!r}, weights=None), "
+            f"{', '.join(options)})")
+
+
+def main(argv=None):
+    p = ArgumentParser(prog="python -m sed.export", description=__doc__.splitlines()[0])
+    p.add_argument("ckpt", help="checkpoint written by train.py (OUT/last.pt)")
+    p.add_argument("out", help="the torchvision state dict to write (.pth)")
+    p.add_argument("--model", choices=("teacher", "student"), default=None,
+                   help="which weights; default: the teacher when the checkpoint has one")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
+    args = p.parse_args(argv)
+    with user_errors(args.debug):
+        ckpt = load_checkpoint(args.ckpt)
+        which = args.model or ("teacher" if "teacher" in ckpt else "student")
+        if which == "teacher" and "teacher" not in ckpt:
+            raise UserError(f"{args.ckpt}: has no teacher weights (supervised run); use --model student")
+        torch.save(to_torchvision(ckpt["model" if which == "student" else "teacher"]), args.out)
+        cfg = from_dict(ckpt["config"])
+        print(f"{args.ckpt} ({which}, iteration {ckpt['iteration']}) -> {args.out}; load it with\n"
+              f"  model = torchvision.models.detection.{torchvision_constructor(cfg)}\n"
+              f"  model.load_state_dict(torch.load({args.out!r}))  # labels 1..{cfg.num_classes}: "
+              "the checkpoint's class_names / label_to_cat_id")
+
+
+if __name__ == "__main__":
+    main()

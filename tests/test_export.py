@@ -1,0 +1,85 @@
+"""sed.export: a checkpoint's teacher (or student) as a torchvision Faster R-CNN state dict that gives
+our detections in torchvision's model."""
+import dataclasses
+
+import pytest
+import torch
+from torchvision.models.detection import FasterRCNN, fasterrcnn_resnet50_fpn
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+
+import sed
+from sed import export
+from sed.checkpoint import save_checkpoint
+from sed.config import TrainConfig
+
+
+def random_model(backbone, num_classes=5, seed=0):
+    """Random init, perturbed so that detections pass the 0.05 score threshold (tests/test_detector)."""
+    torch.manual_seed(seed)
+    model = sed.build_model(num_classes, backbone=backbone, min_size=(96, 128), max_size=160)
+    with torch.no_grad():
+        model.roi_heads.predictor.cls_score.bias.normal_(0, 3)
+        model.rpn.head.objectness.bias.normal_(0, 1)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    """An SED-like checkpoint whose teacher and student differ."""
+    config = dataclasses.asdict(TrainConfig(num_classes=5, backbone="resnet18", min_size=(96, 128),
+                                            max_size=160))
+    path = tmp_path_factory.mktemp("export") / "last.pt"
+    save_checkpoint(path, {"model": random_model("resnet18", seed=1).state_dict(), "iteration": 7,
+                           "config": config, "teacher": random_model("resnet18", seed=0).state_dict()})
+    return path
+
+
+def test_exported_teacher_gives_our_detections_in_torchvision(ckpt, tmp_path, capsys):
+    export.main([str(ckpt), str(tmp_path / "tv.pth")])
+    printed = capsys.readouterr().out
+    assert "FasterRCNN(resnet_fpn_backbone(backbone_name='resnet18', weights=None), num_classes=6, " \
+           "min_size=128, max_size=160)" in printed
+    theirs = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet18", weights=None), num_classes=6,
+                        min_size=128, max_size=160)
+    theirs.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))  # strict
+    ours = random_model("resnet18", seed=0)  # the teacher
+    torch.manual_seed(2)
+    images = [torch.rand(3, 120, 150), torch.rand(3, 140, 100)]
+    with torch.no_grad():
+        expected, got = theirs.eval()(images), ours(images)
+    for e, g in zip(expected, got):
+        assert len(g["boxes"]) > 10  # a meaningful comparison
+        torch.testing.assert_close(g["boxes"], e["boxes"])
+        torch.testing.assert_close(g["scores"], e["scores"])
+        assert torch.equal(g["labels"], e["labels"])
+
+
+def test_student_export_and_round_trip_through_load_torchvision_weights(ckpt, tmp_path):
+    export.main([str(ckpt), str(tmp_path / "student.pth"), "--model", "student"])
+    student = random_model("resnet18", seed=1)
+    back = sed.load_torchvision_weights(random_model("resnet18", seed=5), torch.load(tmp_path / "student.pth"))
+    for name, tensor in student.state_dict().items():
+        assert torch.equal(back.state_dict()[name], tensor), name
+
+
+def test_resnet50_names_match_torchvision():
+    """Every name of our R50 model maps onto torchvision's R50-FPN Faster R-CNN (frozen batch norm, as
+    in fasterrcnn_resnet50_fpn with pretrained weights and its COCO weights file), same shapes."""
+    ours = export.to_torchvision(sed.build_model(90).state_dict())
+    theirs = FasterRCNN(resnet_fpn_backbone(backbone_name="resnet50", weights=None), num_classes=91).state_dict()
+    assert ours.keys() == theirs.keys()
+    trainable_bn = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None).state_dict()
+    assert {k for k in trainable_bn if not k.endswith("num_batches_tracked")} == set(ours)
+    assert all(ours[k].shape == theirs[k].shape for k in ours)
+
+
+def test_supervised_checkpoint_has_no_teacher(ckpt, tmp_path, capsys):
+    """Without --model the student is exported; --model teacher is a one-line error."""
+    state = torch.load(ckpt, weights_only=True)
+    del state["teacher"]
+    save_checkpoint(tmp_path / "sup.pt", state)
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(tmp_path / "sup.pt"), str(tmp_path / "x.pth"), "--model", "teacher"])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == (f"error: {tmp_path / 'sup.pt'}: has no teacher weights (supervised run); "
+                                       "use --model student\n")
