@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install test bench demo experiment clean
+.PHONY: install test bench demo experiment clean gpu-check
 
 install: $(STAMP)
 
@@ -61,3 +61,11 @@ experiment: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m sed.bench
+
+# Everything GPU-specific in one command, on a GPU machine (README "GPU check"). It uses that
+# machine's own python, not .venv (torch >= 2.11 preinstalled; no internet needed): pycocotools
+# (and tqdm) come as wheels, `PYCOCOTOOLS_WHEEL=path.whl` or any *.whl in ./wheels, installed into
+# build/gpu-check/site only. `make gpu-check PYTHON=/path/to/python` picks another interpreter.
+PYCOCOTOOLS_WHEEL ?=
+gpu-check:
+	$(PYTHON) -m sed.gpu_check --python $(PYTHON) $(if $(PYCOCOTOOLS_WHEEL),--wheel $(PYCOCOTOOLS_WHEEL))

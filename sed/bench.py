@@ -1,6 +1,7 @@
 """Speed and memory: our detector against torchvision's, and an SED step against a supervised one.
 
-    python -m sed.bench [--device cuda] [--height 480 --width 640] [--repeats 5]    (make bench)
+    python -m sed.bench [--device cuda] [--dtype bfloat16] [--height 800 --width 1333] [--repeats 5]  (make bench)
+    python -m sed.bench --data [--data-dir DIR] [--data-batches 10000]   (data loading: sed/bench_data.py)
 
 1. Training step (forward + backward) and inference of our R50-FPN and torchvision's
    `fasterrcnn_resnet50_fpn` with the same weights and inputs: ratio ours / torchvision (target <= 1).
@@ -24,7 +25,9 @@ import torch
 import torchvision
 
 import sed
+from sed import bench_data
 from sed.config import TrainConfig
+from sed.evaluation import autocast
 from sed.losses import SEDObjective
 from sed.teacher import make_teacher
 
@@ -68,18 +71,24 @@ def make_step(kind, which, args, state, device):
     images, targets = make_inputs(args.batch_size, args.height, args.width, device)
     if kind == "inference":
         model.eval()
-        return torch.no_grad()(lambda: model(images))
+
+        def infer():
+            with torch.no_grad(), autocast(device, args.dtype):
+                return model(images)
+        return infer
     model.train()
 
     def step():
-        sum(model(images, targets).values()).backward()
+        with autocast(device, args.dtype):   # as train.supervised_step: autocast forward, backward outside
+            loss = sum(model(images, targets).values())
+        loss.backward()
         model.zero_grad(set_to_none=True)
     return step
 
 
 def make_sed_or_supervised_step(kind, args, state, device):
     """train.sed_step on 1 labeled + 4 unlabeled images, or train.supervised_step on all 5 labeled."""
-    cfg = TrainConfig(device=str(device), dtype="float32", burn_in_iters=0)
+    cfg = TrainConfig(device=str(device), dtype=args.dtype, burn_in_iters=0)
     model = our_model(args, state).to(device).train()
     objective = SEDObjective(model, cfg)
     images, targets = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device)
@@ -153,14 +162,16 @@ def peak_memory(kind, which, args, state_file, step, device):
     return result
 
 
-def compare(kind, sides, args, state, state_file, device):
-    """Prints time and peak memory of `kind` for two sides [(label, which, step_kind)] and their ratio."""
+def compare(kind, sides, args, state, state_file, device, images):
+    """Prints time (and images per second: `images` per step) and peak memory of `kind` for two sides
+    [(label, which, step_kind)] and their ratio."""
     steps = {label: make_step(step_kind, which, args, state, device) for label, which, step_kind in sides}
     t = compare_speed(steps, args.repeats, device)
     mem = {label: peak_memory(step_kind, which, args, state_file, steps[label], device)
            for label, which, step_kind in sides}
     (a, *_), (b, *_) = sides
-    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {t[a] / t[b]:.3f}")
+    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {t[a] / t[b]:.3f}   "
+          f"images/s {a} {images / t[a]:.1f} {b} {images / t[b]:.1f}")
     print(f"{kind:22s} memory {a} {mem[a] / 2**20:9.1f} MiB  {b} {mem[b] / 2**20:9.1f} MiB  "
           f"ratio {mem[a] / max(mem[b], 1):.3f}", flush=True)
 
@@ -176,7 +187,16 @@ def main(argv=None):
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="autocast precision of every step, as train.py --dtype")
+    parser.add_argument("--data", action="store_true",
+                        help="benchmark data loading at train2017 size instead (sed/bench_data.py)")
+    parser.add_argument("--data-dir", default=None, help="--data: where the generated files go (reused)")
+    parser.add_argument("--data-batches", type=int, default=10000, help="--data: batches of the worker curve")
+    parser.add_argument("--data-images", type=int, default=bench_data.NUM_IMAGES, help="--data: images")
     args = parser.parse_args(argv)
+    if args.data:
+        return bench_data.main(args.data_dir, args.repeats, args.data_batches, args.data_images)
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     if device.type == "cpu":
@@ -186,14 +206,14 @@ def main(argv=None):
         weights=None, weights_backbone=None, num_classes=args.num_classes + 1).state_dict()
     state_file = os.path.join(tempfile.mkdtemp(), "weights.pt")
     torch.save(state, state_file)
-    print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, "
+    print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, {args.dtype}, "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
     for kind in ("train step", "inference"):
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
-                args, state, state_file, device)
+                args, state, state_file, device, args.batch_size)
     compare(f"SED {SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}",
             [("sed", "ours", "sed step"), ("supervised", "ours", "supervised, same images")],
-            args, state, state_file, device)
+            args, state, state_file, device, SED_LABELED + SED_UNLABELED)
     os.remove(state_file)
 
 
