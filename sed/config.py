@@ -42,6 +42,8 @@ class TrainConfig:
     backbone: str = _help("resnet18 | resnet34 | resnet50", "resnet50")
     backbone_weights: str = _help("imagenet (needs internet once) | none | path to a .pth", "imagenet")
     trainable_layers: int = _help("trainable ResNet stages (0-5), the rest frozen as in torchvision", 3)
+    backbone_norm: str = _help("frozen_bn (torchvision's, for pretrained weights) | group (trainable "
+                               "GroupNorm, for training from scratch)", "frozen_bn")
     min_size: tuple = _help("shorter side for training, one picked per batch (multi-scale)",
                             default_factory=lambda: (640, 672, 704, 736, 768, 800))
     max_size: int = _help("cap on the longer side", 1333)
@@ -118,6 +120,8 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
         (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
         (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
+        (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",
+         f"backbone_norm {cfg.backbone_norm} needs --backbone-weights none (pretrained weights carry BN statistics)"),
         (cfg.num_classes >= 0, f"num_classes must be >= 0, got {cfg.num_classes}"),
         (cfg.max_iter > 0 and cfg.batch_size > 0, "max_iter and batch_size must be positive"),
         (cfg.lr >= 0, f"lr must be >= 0 (0 = linear scaling rule), got {cfg.lr}"),
@@ -161,7 +165,7 @@ def build_parser():
         else:
             kwargs = dict(type=f.type)
         choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
-                   "scale_target": SCALE_TARGETS}
+                   "scale_target": SCALE_TARGETS, "backbone_norm": ("frozen_bn", "group")}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
         parser.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
@@ -190,4 +194,4 @@ def model_options(cfg: TrainConfig) -> dict:
     return dict(num_classes=cfg.num_classes, backbone=cfg.backbone, trainable_layers=cfg.trainable_layers,
                 min_size=cfg.min_size, max_size=cfg.max_size, anchor_sizes=cfg.anchor_sizes,
                 rpn_proposals=cfg.rpn_proposals, roi_batch_size=cfg.roi_batch_size,
-                box_head_dim=cfg.box_head_dim)
+                box_head_dim=cfg.box_head_dim, backbone_norm=cfg.backbone_norm)

@@ -64,8 +64,8 @@ def parse_args(argv):
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--labeled-percent", type=float, default=10)
-    p.add_argument("--iters", type=int, default=400, help="total iterations of every run")
-    p.add_argument("--burn-in", type=int, default=200, help="supervised iterations shared by a seed's rows")
+    p.add_argument("--iters", type=int, default=500, help="total iterations of every run")
+    p.add_argument("--burn-in", type=int, default=300, help="supervised iterations shared by a seed's rows")
     p.add_argument("--sed-flags", nargs=argparse.REMAINDER, default=[],
                    help="extra train.py flags for every semi-supervised row (last; for tuning)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -8,7 +8,8 @@ Three families (`--family`, `FAMILIES`):
   (later shapes occlude earlier ones);
 - rings: held out for confirming settings on data they were not tuned on: rings, stars and
   hexagons (1-5 per image, 6 px to 0.6 of the image side) on smoothed colour noise;
-- easy: three of the shapes, 12 px and larger, at most 4 per image, no clutter (`make demo`).
+- easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
+  (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
 - large scale variance: object sizes are log-uniform from 4 px to half the image side;
 - class imbalance: class frequencies 0.40 / 0.25 / 0.15 / 0.12 / 0.08;
@@ -50,7 +51,7 @@ FAMILIES = {
     # a second family that no default was tuned on: other classes, sizes and backgrounds
     "rings": Family(((2, "ring", 0.5), (5, "star", 0.3), (9, "hexagon", 0.2)), 6, 0.6, 5, "noise", False),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
-    "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 12, 0.6, 4,
+    "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
 }
 CATEGORIES = FAMILIES["shapes"].categories
