@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import sed.rpn
+from sed.roi_heads import class_deltas
 from sed.views import SIZE_DIVISIBLE
 
 # design choice: torchvision's Faster R-CNN smooth-L1 beta (RPN and RoI box losses) for the
@@ -120,12 +121,6 @@ def student_outputs(student, batch, proposals, labels):
     obj, deltas = sed.rpn.flatten_outputs(obj, deltas)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
     return StudentOutputs(obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
-
-
-def class_deltas(box_deltas, labels):
-    """[P, (C+1)*4] per-class deltas, [P] labels -> [P, 4] the deltas of each row's label."""
-    rows = torch.arange(len(labels), device=box_deltas.device)
-    return box_deltas.reshape(len(labels), box_deltas.shape[1] // 4, 4)[rows, labels]
 
 
 def distillation_loss(full, soft, cfg):

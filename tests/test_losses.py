@@ -9,8 +9,9 @@ import torch
 
 import sed
 from sed.config import TrainConfig
-from sed.losses import (SEDObjective, class_deltas, foreground_weights, roi_distillation_loss,
-                        rpn_distillation_loss, sed_losses, unsup_weight_at, weighted_mean)
+from sed.losses import (SEDObjective, foreground_weights, roi_distillation_loss, rpn_distillation_loss,
+                        sed_losses, unsup_weight_at, weighted_mean)
+from sed.roi_heads import class_deltas
 from sed.teacher import make_teacher, predict_soft
 from sed.views import make_views
 
