@@ -1,4 +1,4 @@
-"""ResNet trunk with frozen batch norm, and the Feature Pyramid Network (Lin et al. 2017).
+"""ResNet trunk with frozen batch norm (or GroupNorm from scratch), and the Feature Pyramid Network (Lin et al. 2017).
 
 P2-P5 come from ResNet stages C2-C5 through a 1x1 lateral conv, a nearest-neighbour top-down
 pathway and a 3x3 output conv, all 256 channels; P6 is P5 max-pooled with stride 2 (used by the
@@ -18,25 +18,43 @@ RESNETS = {
     "resnet50": (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1),
 }
 STAGES = ("layer4", "layer3", "layer2", "layer1", "conv1")  # from the top, as trainable_layers counts
+NORMS = ("frozen_bn", "group")
+GROUPS = 32  # GroupNorm groups (Wu & He 2018)
 
 
-def resnet(name, weights=None):
-    """A torchvision ResNet with FrozenBatchNorm2d (detection trains with tiny per-GPU batches,
-    so BN statistics stay those of ImageNet).
+def norm_layer(norm):
+    """frozen_bn: FrozenBatchNorm2d, the detection convention for an ImageNet-pretrained trunk
+    (tiny per-GPU batches, so BN statistics stay ImageNet's); with random weights it is the identity,
+    so the trunk has no normalisation at all. group: trainable GroupNorm, for training from scratch
+    (He et al. 2019, "Rethinking ImageNet Pre-training", train detectors from scratch with GN)."""
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "group":
+        return lambda channels: nn.GroupNorm(GROUPS, channels)
+    raise ValueError(f"backbone norm {norm!r} is not one of {NORMS}")
+
+
+def resnet(name, weights=None, norm="frozen_bn"):
+    """A torchvision ResNet with the normalisation of `norm_layer(norm)`.
 
     weights: None (random init), "imagenet" (torchvision's IMAGENET1K_V1, downloaded on first
-    use; the detection references use V1), or a path to a ResNet state dict (.pth).
+    use; the detection references use V1), or a path to a ResNet state dict (.pth); pretrained
+    weights need norm="frozen_bn" (their BN statistics). norm="group" zero-initialises the last
+    norm of each residual block (design choice, Goyal et al. 2017: each block starts as the identity).
     """
     if name not in RESNETS:
         raise ValueError(f"backbone {name!r} is not one of {sorted(RESNETS)}")
     builder, imagenet = RESNETS[name]
+    layer = norm_layer(norm)
     if weights in (None, "none"):
-        return builder(weights=None, norm_layer=FrozenBatchNorm2d)
+        return builder(weights=None, norm_layer=layer, zero_init_residual=norm == "group")
+    if norm != "frozen_bn":
+        raise ValueError(f"backbone weights {weights}: pretrained weights need --backbone-norm frozen_bn")
     if weights == "imagenet":
-        return builder(weights=imagenet, norm_layer=FrozenBatchNorm2d)
+        return builder(weights=imagenet, norm_layer=layer)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"backbone weights {weights}: no such file")
-    model = builder(weights=None, norm_layer=FrozenBatchNorm2d)
+    model = builder(weights=None, norm_layer=layer)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
@@ -71,7 +89,7 @@ def freeze_stages(trunk, trainable_layers):
     layer1 stay frozen, as their features are generic)."""
     if not 0 <= trainable_layers <= 5:
         raise ValueError(f"trainable_layers must be in 0..5, got {trainable_layers}")
-    trainable = STAGES[:trainable_layers]
+    trainable = STAGES[:trainable_layers] + (("bn1",) if trainable_layers == 5 else ())  # as torchvision
     for name, param in trunk.named_parameters():
         param.requires_grad_(name.startswith(trainable))
 
@@ -102,9 +120,9 @@ class FPN(nn.Module):
 class BackboneFPN(nn.Module):
     """Image batch [B, 3, H, W] -> [P2, ..., P6], each [B, 256, H / stride, W / stride]."""
 
-    def __init__(self, name="resnet50", weights=None, trainable_layers=3, out_channels=256):
+    def __init__(self, name="resnet50", weights=None, trainable_layers=3, out_channels=256, norm="frozen_bn"):
         super().__init__()
-        self.body = ResNetTrunk(resnet(name, weights), trainable_layers)
+        self.body = ResNetTrunk(resnet(name, weights, norm), trainable_layers)
         self.fpn = FPN(self.body.out_channels, out_channels)
         self.out_channels = out_channels
 

@@ -17,6 +17,7 @@ from sed.errors import ArgumentParser, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("supervised", "sed")
+SCALE_TARGETS = ("student", "mutual", "teacher")
 
 
 def _help(text, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -48,6 +49,8 @@ class TrainConfig:
     backbone: str = _help("resnet18 | resnet34 | resnet50", "resnet50")
     backbone_weights: str = _help("imagenet (needs internet once) | none | path to a .pth", "imagenet")
     trainable_layers: int = _help("trainable ResNet stages (0-5), the rest frozen as in torchvision", 3)
+    backbone_norm: str = _help("frozen_bn (torchvision's, for pretrained weights) | group (trainable "
+                               "GroupNorm, for training from scratch)", "frozen_bn")
     min_size: tuple = _help("shorter side for training, one picked per batch (multi-scale)",
                             default_factory=lambda: (640, 672, 704, 736, 768, 800))
     max_size: int = _help("cap on the longer side", 1333)
@@ -56,6 +59,7 @@ class TrainConfig:
     rpn_proposals: tuple = _help("RPN proposals per image (train, eval), before and after NMS",
                                  default_factory=lambda: (2000, 1000))
     roi_batch_size: int = _help("RoIs sampled per image for the box-head loss", 512)
+    box_head_dim: int = _help("width of the box head's two fully connected layers (FPN: 1024)", 1024)
     # --- optimisation (1x schedule at batch 16: 90k iterations, steps at 60k and 80k) ---
     max_iter: int = _help("number of training iterations", 90000)
     batch_size: int = _help("labeled images per iteration and process; 0 = the method's per-GPU default "
@@ -76,13 +80,17 @@ class TrainConfig:
     burn_in_iters: int = _help("supervised-only iterations before distillation starts", 2000)
     rampup_iters: int = _help("linear ramp of lambda_u after burn-in; 0 = step", 0)
     distill: bool = _help("soft self-distillation (off = hard pseudo-labels only)", True)
-    scale_consistency: bool = _help("scale-equivalent loss on the 0.5x downsampled view", True)
+    scale_consistency: bool = _help("scale-equivalent loss between the student's full-size and 0.5x views", True)
+    scale_target: str = _help("target of the 0.5x view: student (full-size outputs, detached) | mutual "
+                              "(gradient into both sizes) | teacher (the teacher's outputs)", "student")
     reweight: bool = _help("teacher-confidence re-weighting of the distillation losses", True)
     hard_pseudo_labels: bool = _help("add the thresholded hard pseudo-label loss", False)
     pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
     weight_floor: float = _help("lower bound of the classification weights", 0.0)
+    distill_reg_threshold: float = _help("distil box deltas only where the teacher's foreground probability "
+                                         "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("teacher proposals per image used as RoIs for distillation", 512)
     strong_color_jitter: float = _help("strength of the strong view's colour jitter", 0.4)
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
@@ -138,6 +146,9 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
         (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
+        (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
+        (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",
+         f"backbone_norm {cfg.backbone_norm} needs --backbone-weights none (pretrained weights carry BN statistics)"),
         (cfg.num_classes >= 0, f"num_classes must be >= 0, got {cfg.num_classes}"),
         (cfg.max_iter > 0, f"max_iter must be positive, got {cfg.max_iter}"),
         (cfg.batch_size >= 0 and cfg.unlabeled_batch_size >= 0,
@@ -223,8 +234,10 @@ def build_parser():
             kwargs = dict(nargs="+", type=type(default[0]) if default else int)
         else:
             kwargs = dict(type=f.type)
-        if f.name in ("method", "dtype", "eval_model"):
-            kwargs["choices"] = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student")}[f.name]
+        choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
+                   "scale_target": SCALE_TARGETS, "backbone_norm": ("frozen_bn", "group")}
+        if f.name in choices:
+            kwargs["choices"] = choices[f.name]
         group.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
     return parser
 
@@ -250,4 +263,5 @@ def model_options(cfg: TrainConfig) -> dict:
     """The keyword arguments of sed.build_model that a config fixes (train.py and eval.py)."""
     return dict(num_classes=cfg.num_classes, backbone=cfg.backbone, trainable_layers=cfg.trainable_layers,
                 min_size=cfg.min_size, max_size=cfg.max_size, anchor_sizes=cfg.anchor_sizes,
-                rpn_proposals=cfg.rpn_proposals, roi_batch_size=cfg.roi_batch_size)
+                rpn_proposals=cfg.rpn_proposals, roi_batch_size=cfg.roi_batch_size,
+                box_head_dim=cfg.box_head_dim, backbone_norm=cfg.backbone_norm)

@@ -1,26 +1,36 @@
-"""The SSOD experiment at CPU scale: supervised vs SED and its single-component ablations.
+"""The SSOD ablation at CPU scale, as the paper builds it up, over several seeds.
 
-    python -m sed.experiment --out runs/experiment          (make experiment)
+    python -m sed.experiment                         (make experiment: every row, seeds 0 1 2)
+    python -m sed.experiment --seeds 0               (one seed now, `--seeds 1 2` another day)
+    python -m sed.experiment --render                (results.md and the chart from the saved runs)
+    python -m sed.experiment --family rings --rows supervised teacher_student sed   (unseen data)
 
-On the synthetic shapes with 10 % of the training images labeled (split seed 1), every run has
-the same iterations, labeled batch, seed and learning-rate schedule:
-    supervised           labeled images only
-    sed                  SED, all components on (evaluated: the EMA teacher)
-    no_distill           --no-distill: hard pseudo-labels (score >= 0.7) instead of soft targets
-    no_scale             --no-scale-consistency
-    no_reweight          --no-reweight
-The first --burn-in iterations are supervised in every run, so they are trained once: the SED runs
-continue from the supervised run's checkpoint at that iteration, which is what `--burn-in-iters`
-does inside one run (the teacher starts as a copy of the student). Runs go --parallel at a time,
-each with an equal share of the CPU threads. Prints a Markdown table (AP, AP50, APs, APm, APl of
-the validation set) and writes it to OUT/results.md and OUT/results.json.
+Rows, each one switch away from the row above (SED_NOTES "Ablation switches"), then the variants of
+Figure 1's scale link:
+    supervised        the labeled images only
+    teacher_student   EMA teacher + hard pseudo-labels >= 0.7 on the strong view, no scale term,
+                      no re-weighting: the Unbiased Teacher-style baseline SED improves on
+    +distill          soft self-distillation instead of hard labels (SED_NOTES section 1)
+    +scale            + scale equivalence, student 0.5x <-> student full size (section 2)
+    sed               + re-weighting (section 3) = SED as Figure 1 draws it
+    sed_mutual        SED with --scale-target mutual
+    sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
+    sed_reg_all       SED distilling box deltas everywhere (--distill-reg-threshold 0, sed's first version)
+Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
+Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
+`--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
+COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit and the exact
+flags); runs whose file exists are skipped, and results.md and results.png are rendered from all the
+files, so seeds can be added one at a time. Runs go --parallel at a time with one thread each.
 """
 import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,92 +39,216 @@ import torch
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-ABLATIONS = {"sed": [], "no_distill": ["--no-distill"], "no_scale": ["--no-scale-consistency"],
-             "no_reweight": ["--no-reweight"]}
+ROWS = {"supervised": None,
+        "teacher_student": ["--no-distill", "--no-scale-consistency", "--no-reweight"],
+        "+distill": ["--no-scale-consistency", "--no-reweight"],
+        "+scale": ["--no-reweight"],
+        "sed": [],
+        "sed_mutual": ["--scale-target", "mutual"],
+        "sed_teacher": ["--scale-target", "teacher"],
+        "sed_reg_all": ["--distill-reg-threshold", "0"]}
+INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
+DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
 
 
-def common_flags(args, data):
-    """Flags shared by every run: data, a small R18-FPN sized for 96 px images, the schedule."""
+def parse_args(argv):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/experiment", help="runs, logs and checkpoints")
+    p.add_argument("--results", default="", help="per-run JSON, results.md, results.png "
+                   "(default docs/experiment/<family>)")
+    p.add_argument("--family", default="shapes", help="synthetic family (sed.synthetic.FAMILIES)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
+    p.add_argument("--num-train", type=int, default=1000)
+    p.add_argument("--num-val", type=int, default=200)
+    p.add_argument("--image-size", type=int, default=96)
+    p.add_argument("--labeled-percent", type=float, default=10)
+    p.add_argument("--iters", type=int, default=500, help="total iterations of every run")
+    p.add_argument("--burn-in", type=int, default=300, help="supervised iterations shared by a seed's rows")
+    p.add_argument("--sed-flags", nargs=argparse.REMAINDER, default=[],
+                   help="extra train.py flags for every semi-supervised row (last; for tuning)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
+    p.add_argument("--render", action="store_true", help="only render results.md/png from the saved runs")
+    return p.parse_args(argv)
+
+
+def common_flags(args, data, seed):
+    """Flags of every run of a seed: data, an R18-FPN sized for 96 px images on a CPU, the schedule."""
     return ["--train-ann", str(data["train_ann"]), "--train-images", str(data["train_images"]),
             "--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"]),
-            "--labeled-percent", str(args.labeled_percent), "--split-seed", "1", "--seed", "0",
+            "--labeled-percent", str(args.labeled_percent), "--split-seed", str(seed + 1), "--seed", str(seed),
             "--backbone", "resnet18", "--backbone-weights", "none", "--trainable-layers", "5",
             "--min-size", str(args.image_size), "--max-size", str(2 * args.image_size),
-            "--anchor-sizes", "16", "32", "64", "128", "256", "--rpn-proposals", "512", "256",
-            "--roi-batch-size", "128", "--batch-size", "4", "--lr", "0.01", "--warmup-iters", "50",
-            "--lr-steps", str(args.iters * 3 // 4), "--grad-clip", "10", "--eval-every", "0",
-            "--checkpoint-every", str(args.burn_in), "--log-every", "20", "--workers", "1",
-            "--device", args.device]
+            "--anchor-sizes", "16", "32", "64", "128", "256", "--rpn-proposals", "256", "128",
+            "--roi-batch-size", "64", "--box-head-dim", "256", "--batch-size", "4", "--lr", "0.01",
+            "--warmup-iters", "50", "--lr-steps", str(args.iters * 3 // 4), "--grad-clip", "10",
+            "--eval-every", "0", "--checkpoint-every", str(args.burn_in), "--log-every", "20",
+            "--workers", "0", "--device", args.device]
 
 
 def sed_flags(args):
-    """SED settings for a short CPU run (design choices, see README "Experiment")."""
-    return ["--method", "sed", "--unlabeled-batch-size", "4", "--teacher-proposals", "64",
-            "--ema-momentum", str(args.ema_momentum), "--unsup-weight", str(args.unsup_weight),
-            "--burn-in-iters", str(args.burn_in), "--rampup-iters", str(args.rampup),
-            "--diagnostics-images", "32"]
+    """The semi-supervised rows: train.py's SED defaults except what a 200-iteration CPU run needs
+    (design choices: lambda_u 1 with a 50-iteration ramp, EMA 0.99 so the teacher moves within the run,
+    32 teacher proposals per 96 px image)."""
+    return ["--method", "sed", "--unlabeled-batch-size", "4", "--teacher-proposals", "32",
+            "--burn-in-iters", str(args.burn_in), "--rampup-iters", "50", "--unsup-weight", "1",
+            "--ema-momentum", "0.99", "--diagnostics-images", "32", *args.sed_flags]
 
 
-def run(cmd, log_path, threads):
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+def run(cmd, log_path):
+    """One train.py process with one thread; its output goes to log_path."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                       check=True)
+        subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
 
 
-def final_metrics(out_dir, model):
-    """The last evaluation of `model` (teacher | student) in a run's metrics.jsonl."""
-    lines = [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
-    return [m for m in lines if m.get("model", "student") == model][-1]
+def read_jsonl(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def run_record(run_dir, row, seed, cmd, minutes):
+    """What a finished run leaves in RESULTS/<row>_seed<k>.json."""
+    model = "student" if row == "supervised" else "teacher"
+    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("model", "student") == model][-1]
+    diagnostics = [r for r in read_jsonl(run_dir / "log.jsonl") if "pl_num_images" in r]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "sed", "train.py"], cwd=ROOT,
+                                capture_output=True, text=True).stdout.strip())
+    return {"row": row, "seed": seed, "model": model, "metrics": {k: metrics[k] for k in COLUMNS},
+            "diagnostics": {k: diagnostics[-1].get(k) for k in DIAGNOSTICS} if diagnostics else {},
+            "commit": commit + ("+uncommitted" if dirty else ""), "minutes": round(minutes, 1),
+            "command": ["python", *cmd]}
+
+
+def train_all(args, results):
+    """Burn-ins first (one per seed), then every (row, seed) without a result file, --parallel at a time."""
+    out = Path(args.out) / args.family
+    data = generate(out / "data", args.num_train, args.num_val, seed=0, image_size=args.image_size,
+                    height_ratios=(1.0,), family=args.family)  # square: the 64-padded views waste no pixels
+    todo = [(row, seed) for seed in args.seeds for row in args.rows
+            if not (results / f"{row}_seed{seed}.json").exists()]
+    burn_ins = {seed: out / f"seed{seed}" / "burn_in.pt" for seed in {s for _, s in todo}}
+
+    def burn_in(seed):
+        if burn_ins[seed].exists():
+            return
+        run_dir = out / f"seed{seed}" / "burn_in"
+        run(["train.py", *common_flags(args, data, seed), "--max-iter", str(args.burn_in), "--out", str(run_dir)],
+            out / f"seed{seed}" / "burn_in.log")
+        shutil.copy(run_dir / "last.pt", burn_ins[seed])
+
+    def train(row, seed):
+        run_dir = out / f"seed{seed}" / row
+        cmd = ["train.py", *common_flags(args, data, seed), "--max-iter", str(args.iters), "--out", str(run_dir),
+               "--resume", str(burn_ins[seed])]
+        if ROWS[row] is not None:
+            cmd += [*sed_flags(args), *ROWS[row]]
+        start = time.time()
+        run(cmd, out / f"seed{seed}" / f"{row}.log")
+        record = run_record(run_dir, row, seed, cmd, (time.time() - start) / 60)
+        (results / f"{row}_seed{seed}.json").write_text(json.dumps(record, indent=1) + "\n")
+        print(f"{row} seed {seed}: AP {record['metrics']['AP']:.1f} ({record['minutes']} min)", flush=True)
+
+    with ThreadPoolExecutor(args.parallel) as pool:
+        for future in [pool.submit(burn_in, seed) for seed in burn_ins]:
+            future.result()
+        for future in [pool.submit(train, row, seed) for row, seed in todo]:
+            future.result()
+
+
+def mean_std(values):
+    """'m +- s' over seeds ('m' alone for one seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def load_results(results):
+    """{row: {seed: record}} from every RESULTS/*.json."""
+    table = {}
+    for path in sorted(results.glob("*_seed*.json")):
+        record = json.loads(path.read_text())
+        table.setdefault(record["row"], {})[record["seed"]] = record
+    return table
+
+
+def gain(table, row, reference):
+    """Paired gain in AP of row over reference, over the seeds both have: (mean +- std text, values)."""
+    seeds = sorted(set(table.get(row, {})) & set(table.get(reference, {})))
+    values = [table[row][s]["metrics"]["AP"] - table[reference][s]["metrics"]["AP"] for s in seeds]
+    return (mean_std(values) if values else "-"), values
+
+
+def render_markdown(table, family):
+    """results.md: mean +- std per row, the gain over the row above, the pseudo-label diagnostics."""
+    rows = [r for r in ROWS if r in table]
+    present = [r for r in INCREMENTAL if r in table]
+    reference = dict(zip(present[1:], present))  # the nearest row above that was run
+    reference |= {r: "sed" for r in ("sed_mutual", "sed_teacher", "sed_reg_all") if "sed" in table}
+    lines = [f"Synthetic family `{family}`; COCO AP in percent on the validation set, mean ± std over seeds "
+             "(SED rows: the EMA teacher). Gain: paired per seed, over the row named.", "",
+             "| row | seeds | " + " | ".join(COLUMNS) + " | AP gain | over |", "|---" * (len(COLUMNS) + 4) + "|"]
+    for r in rows:
+        runs = list(table[r].values())
+        cells = [mean_std([run["metrics"][c] for run in runs]) for c in COLUMNS]
+        ref = reference.get(r)
+        lines.append(f"| {r} | {len(runs)} | " + " | ".join(cells)
+                     + f" | {gain(table, r, ref)[0] if ref else '-'} | {ref or '-'} |")
+    if "sed" in table and "supervised" in table:
+        lines += ["", f"SED - supervised, AP: {gain(table, 'sed', 'supervised')[0]}"]
+    if "sed" in table and "teacher_student" in table:
+        lines += [f"SED - teacher_student, AP: {gain(table, 'sed', 'teacher_student')[0]}"]
+    lines += ["", "Teacher's pseudo-labels at the end (32 unlabeled images), mean over seeds:", "",
+              "| row | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
+    for r in rows[1:] if rows and rows[0] == "supervised" else rows:
+        runs = [run for run in table[r].values() if run["diagnostics"]]
+        cells = [f"{statistics.mean(run['diagnostics'][k] for run in runs):.2f}" if runs else "-" for k in DIAGNOSTICS]
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    commits = sorted({run["commit"] for runs in table.values() for run in runs.values()})
+    lines += ["", f"Commits: {', '.join(commits)}. Exact flags of each run: the JSON files beside this one."]
+    return "\n".join(lines) + "\n"
+
+
+def render_chart(table, path):
+    """results.png: AP mean +- std per row (bars), each seed as a dot."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart (pip install matplotlib)", file=sys.stderr)
+        return
+    rows = [r for r in ROWS if r in table]
+    aps = [[run["metrics"]["AP"] for run in table[r].values()] for r in rows]
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 1, 3.2))
+    means = [statistics.mean(a) for a in aps]
+    stds = [statistics.stdev(a) if len(a) > 1 else 0 for a in aps]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color="#9ecae1", edgecolor="#3182bd")
+    for i, a in enumerate(aps):
+        ax.plot([i] * len(a), a, "k.", markersize=5)
+    ax.set_xticks(range(len(rows)), rows, rotation=20)
+    ax.set_ylabel("AP (%)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/experiment")
-    parser.add_argument("--num-train", type=int, default=1000)
-    parser.add_argument("--num-val", type=int, default=200)
-    parser.add_argument("--image-size", type=int, default=96)
-    parser.add_argument("--labeled-percent", type=float, default=10)
-    parser.add_argument("--iters", type=int, default=800)
-    parser.add_argument("--burn-in", type=int, default=400)
-    parser.add_argument("--rampup", type=int, default=100)
-    parser.add_argument("--unsup-weight", type=float, default=1.0,
-                        help="lambda_u; 4 (the COCO default) made SED worse than supervised here, see README")
-    parser.add_argument("--ema-momentum", type=float, default=0.99)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--parallel", type=int, default=2)
-    parser.add_argument("--runs", nargs="+", default=["supervised", *ABLATIONS])
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    data = generate(out / "data", args.num_train, args.num_val, seed=0, image_size=args.image_size,
-                    height_ratios=(1.0,))  # square: the 64-padded SED views waste no pixels
-    common = common_flags(args, data)
-    threads = max(1, torch.get_num_threads() // args.parallel)
-
-    # burn-in: the supervised run up to --burn-in, its checkpoint kept for the SED runs
-    burn_in_ckpt = out / "burn_in.pt"
-    if not burn_in_ckpt.exists():
-        run(["train.py", *common, "--max-iter", str(args.burn_in), "--out", str(out / "supervised")],
-            out / "supervised_burn_in.log", torch.get_num_threads())
-        shutil.copy(out / "supervised" / "last.pt", burn_in_ckpt)
-    commands = {"supervised": ["train.py", *common, "--max-iter", str(args.iters), "--out", str(out / "supervised"),
-                               "--resume", str(out / "supervised" / "last.pt")]}
-    for name, switches in ABLATIONS.items():
-        commands[name] = ["train.py", *common, *sed_flags(args), *switches, "--max-iter", str(args.iters),
-                          "--out", str(out / name), "--resume", str(burn_in_ckpt)]
-    with ThreadPoolExecutor(args.parallel) as pool:
-        for future in [pool.submit(run, commands[n], out / f"{n}.log", threads) for n in args.runs]:
-            future.result()
-
-    rows = {n: final_metrics(out / n, "student" if n == "supervised" else "teacher") for n in args.runs}
-    if "sed" in args.runs:
-        rows["sed (student)"] = final_metrics(out / "sed", "student")
-    table = [f"| run | {' | '.join(COLUMNS)} |", "|---" * (len(COLUMNS) + 1) + "|"]
-    table += [f"| {n} | " + " | ".join(f"{m[c]:.1f}" for c in COLUMNS) + " |" for n, m in rows.items()]
-    (out / "results.md").write_text("\n".join(table) + "\n")
-    (out / "results.json").write_text(json.dumps(rows, indent=1))
-    print("\n".join(table))
+    args = parse_args(argv)
+    results = Path(args.results or ROOT / "docs" / "experiment" / args.family)
+    results.mkdir(parents=True, exist_ok=True)
+    if not args.render:
+        train_all(args, results)
+    table = load_results(results)
+    if not table:
+        raise SystemExit(f"error: {results}: no run results to render")
+    markdown = render_markdown(table, args.family)
+    (results / "results.md").write_text(markdown)
+    render_chart(table, results / "results.png")
+    print(markdown)
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
     rpn_distillation_loss    section 1: per-anchor BCE with the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
-    distillation_loss        section 1 on the strong view
-    scale_consistency_loss   section 2: the same targets on the 0.5x view, levels shifted by one
-    hard_pseudo_label_loss   thresholded teacher detections through the supervised losses (ablation)
+    student_outputs          one student forward on one view (dense RPN outputs, RoI head on given boxes)
+    distillation_loss        section 1: teacher -> student on the full-size strong view
+    scale_targets            section 2: what the 0.5x view is compared with (--scale-target)
+    scale_consistency_loss   section 2: student 0.5x <-> student full size, levels shifted by one
+    hard_pseudo_label_loss   thresholded teacher detections through the supervised losses (baseline)
     sed_losses               all of the above that cfg switches on -> dict of named loss tensors
     SEDObjective             supervised + unsupervised losses in one nn.Module forward (for DDP)
     unsup_weight_at          lambda_u as a function of the iteration (burn-in, ramp)
@@ -16,11 +18,14 @@ and summed: `loss = sum(sup.values()) + unsup_weight_at(it, cfg) * sum(unsup.val
 Student and teacher are `sed.build_model` detectors (sed/model.py); targets come from
 `sed.teacher.predict_soft`, views from `sed.views.make_views`.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 import sed.rpn
+from sed.roi_heads import class_deltas
 from sed.views import SIZE_DIVISIBLE
 
 # design choice: torchvision's Faster R-CNN smooth-L1 beta (RPN and RoI box losses) for the
@@ -39,12 +44,15 @@ def foreground_weights(p_fg, cfg):
     cfg.reweight False: w_cls = 1 (plain mean over anchors / RoIs) and w_reg = p_fg. design choice:
     section 1 defines the box distillation as weighted by teacher confidence, so switching off the
     re-weighting of section 3 does not let the deltas of background anchors count.
+    In both cases w_reg = 0 where p_fg < cfg.distill_reg_threshold (design choice, SED_NOTES "Known
+    failure mode"): a weak teacher's deltas on what is probably background are noise, not boxes.
     """
     p_fg = p_fg.detach()
+    confident = (p_fg >= cfg.distill_reg_threshold).to(p_fg.dtype)
     if not cfg.reweight:
-        return torch.ones_like(p_fg), p_fg
+        return torch.ones_like(p_fg), p_fg * confident
     w_reg = p_fg ** cfg.weight_gamma
-    return w_reg.clamp(min=cfg.weight_floor), w_reg
+    return w_reg.clamp(min=cfg.weight_floor), w_reg * confident
 
 
 def weighted_mean(loss, weight):
@@ -61,93 +69,124 @@ def smooth_l1(deltas, target_deltas):
     return F.smooth_l1_loss(deltas, target_deltas, beta=SMOOTH_L1_BETA, reduction="none").sum(dim=-1)
 
 
-def rpn_distillation_loss(logits, deltas, teacher_prob, teacher_deltas, cfg):
-    """SED_NOTES section 1, RPN: every anchor distils the teacher's objectness and box deltas.
+def rpn_distillation_loss(logits, deltas, target_prob, target_deltas, p_fg, cfg):
+    """SED_NOTES section 1, RPN: every anchor distils a target objectness and box deltas.
 
-    logits [N] student objectness logits; deltas [N, 4] student anchor deltas;
-    teacher_prob [N] teacher objectness probability; teacher_deltas [N, 4] (any leading shape that
-    flattens to these works, e.g. [B, R] and [B, R, 4]).
-    Classification: binary cross-entropy with the soft target p_t, so its minimum (student = teacher)
-    is the teacher's entropy H(p_t), not 0; its gradient sigmoid(s) - p_t is that of the Bernoulli KL.
+    logits [N] student objectness logits; deltas [N, 4] student anchor deltas; target_prob [N] target
+    objectness probability; target_deltas [N, 4]; p_fg [N] the teacher's objectness, source of the
+    weights (section 3). Any leading shapes that flatten to these work, e.g. [B, R] and [B, R, 4].
+    Classification: binary cross-entropy with the soft target p_t, so its minimum (student = target)
+    is the target's entropy H(p_t), not 0; its gradient sigmoid(s) - p_t is that of the Bernoulli KL.
     Regression: smooth L1, weighted by the teacher's objectness. Returns (loss_cls, loss_reg) scalars.
     """
-    teacher_prob = teacher_prob.reshape(-1)
-    w_cls, w_reg = foreground_weights(teacher_prob, cfg)
-    bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), teacher_prob, reduction="none")
-    reg = smooth_l1(deltas.reshape(-1, 4), teacher_deltas.reshape(-1, 4))
+    w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg)
+    bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target_prob.reshape(-1), reduction="none")
+    reg = smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4))
     return weighted_mean(bce, w_cls), weighted_mean(reg, w_reg)
 
 
-def roi_distillation_loss(class_logits, box_deltas, soft, cfg):
+def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_fg, cfg):
     """SED_NOTES section 1, RoI head: on the teacher's proposals, class distribution and box deltas.
 
-    class_logits [P, C+1], box_deltas [P, (C+1)*4]: student outputs on soft.proposals (or on
-    soft.proposals / 2 for the small view). Classification: T^2 * KL(p_t^T || softmax(s / T)) per
-    RoI, T = cfg.distill_temperature (T^2 keeps the gradient scale independent of T, Hinton et al.
-    2015). Regression: smooth L1 between the student's deltas of the teacher's arg-max foreground
-    class and the teacher's deltas, weighted by the teacher's foreground probability.
-    Returns (loss_cls, loss_reg) scalars; 0 when there are no proposals.
+    class_logits [P, C+1] student logits; deltas [P, 4] the student's deltas of the teacher's arg-max
+    foreground class (`class_deltas`); target_probs [P, C+1] target distribution at temperature
+    T = cfg.distill_temperature; target_deltas [P, 4]; p_fg [P] = 1 - p_background of the teacher, source
+    of the weights. Classification: T^2 * KL(p_t^T || softmax(s / T)) per RoI (T^2 keeps the gradient
+    scale independent of T, Hinton et al. 2015). Regression: smooth L1, weighted by the teacher's
+    foreground probability. Returns (loss_cls, loss_reg) scalars; 0 when there are no proposals.
     """
     T = cfg.distill_temperature
-    w_cls, w_reg = foreground_weights(soft.roi_fg, cfg)
+    w_cls, w_reg = foreground_weights(p_fg, cfg)
     log_q = F.log_softmax(class_logits / T, dim=1)
-    kl = F.kl_div(log_q, soft.roi_probs, reduction="none").sum(dim=1) * T**2  # [P]
-    rows = torch.arange(len(box_deltas), device=box_deltas.device)
-    deltas = box_deltas.reshape(len(box_deltas), class_logits.shape[1], 4)[rows, soft.roi_labels]  # [P, 4]
-    reg = smooth_l1(deltas, soft.roi_deltas)
-    return weighted_mean(kl, w_cls), weighted_mean(reg, w_reg)
+    kl = F.kl_div(log_q, target_probs, reduction="none").sum(dim=1) * T**2  # [P]
+    return weighted_mean(kl, w_cls), weighted_mean(smooth_l1(deltas, target_deltas), w_reg)
 
 
-def student_outputs(student, batch, proposals):
-    """Student RPN outputs for every anchor and RoI-head outputs on the given proposals.
+@dataclass
+class StudentOutputs:
+    """One student forward on one view: dense RPN outputs and RoI-head outputs on given boxes."""
+    obj: Tensor          # [B, R] objectness logits, flattened (level, y, x, anchor)
+    deltas: Tensor       # [B, R, 4] anchor deltas
+    level_sizes: list    # anchors per level P2..P6 (A * H_l * W_l)
+    class_logits: Tensor  # [P, C+1] on the given boxes (the teacher's proposals, or them / 2)
+    box_deltas: Tensor   # [P, 4] deltas of the teacher's arg-max foreground class (soft.roi_labels)
 
-    Returns obj [B, R] logits, deltas [B, R, 4], level_sizes (anchors per level),
-    class_logits [P, C+1], box_deltas [P, (C+1)*4].
-    """
+
+def student_outputs(student, batch, proposals, labels):
+    """Student RPN outputs for every anchor, RoI-head outputs on `proposals` (list of [P_i, 4]);
+    labels [P] picks each RoI's class deltas."""
     feats = student.features(batch.tensors)
     obj, deltas = student.rpn.head(feats)
     level_sizes = [o[0].numel() for o in obj]  # A * H_l * W_l
     obj, deltas = sed.rpn.flatten_outputs(obj, deltas)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
-    return obj, deltas, level_sizes, class_logits, box_deltas
+    return StudentOutputs(obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
 
 
-def distillation_loss(student, strong_batch, soft, cfg):
-    """SED_NOTES section 1: the student on the strong view against the teacher on the weak view
-    (same geometry, so anchor a and proposal r mean the same image region in both)."""
-    obj, deltas, _, class_logits, box_deltas = student_outputs(student, strong_batch, soft.proposals)
-    rpn_cls, rpn_reg = rpn_distillation_loss(obj, deltas, soft.rpn_prob, soft.rpn_deltas, cfg)
-    roi_cls, roi_reg = roi_distillation_loss(class_logits, box_deltas, soft, cfg)
+def distillation_loss(full, soft, cfg):
+    """SED_NOTES section 1 (Figure 1 "Self-Distillation"): the student on the full-size strong view
+    against the teacher on the weak view (same geometry: anchor a and proposal r are the same image
+    region in both). full: StudentOutputs of the strong view on soft.proposals."""
+    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_prob, soft.rpn_deltas,
+                                             soft.rpn_prob, cfg)
+    roi_cls, roi_reg = roi_distillation_loss(full.class_logits, full.box_deltas, soft.roi_probs,
+                                             soft.roi_deltas, soft.roi_fg, cfg)
     return {"loss_rpn_distill_cls": rpn_cls, "loss_rpn_distill_reg": rpn_reg,
             "loss_roi_distill_cls": roi_cls, "loss_roi_distill_reg": roi_reg}
 
 
-def scale_consistency_loss(student, small_batch, soft, cfg):
-    """SED_NOTES section 2: the student on the 0.5x strong view against the same teacher targets.
+def scale_targets(full, soft, cfg):
+    """The targets of the 0.5x view (SED_NOTES section 2, `--scale-target`), at full-size levels P3-P6:
+    (rpn_prob [B, R'], rpn_deltas [B, R', 4], roi_probs [P, C+1], roi_deltas [P, 4]).
 
-    RPN: small-image level P(l-1) has the grid of original level P(l) and anchors of half the size
-    at the same places, so, in the flattened (level, y, x, anchor) order, the student's P2-P5 block
-    lines up element by element with the teacher's P3-P6 block. Box deltas are relative to the
-    anchor size, hence scale-invariant: the teacher's deltas are the targets unchanged.
-    (Exact for the anchor centres and the square anchors; the 1:2 and 2:1 anchors differ by 1 px
-    after the doubling because torchvision rounds every level's cell anchors to whole pixels.)
-    RoI head: teacher proposal B corresponds to B / 2 on the small image; same class and delta targets.
+    student: the student's full-size outputs, detached (Figure 1: the link joins the student's two
+             sizes; design choice: the larger view is the target, as the detector is better on larger
+             objects); mutual: the same, not detached (gradient into both sizes); teacher: the
+             teacher's outputs (sed's first version, which deviates from the figure).
     """
+    p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
+    if cfg.scale_target == "teacher":
+        return soft.rpn_prob[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
+    obj, deltas = full.obj[:, p3_p6], full.deltas[:, p3_p6]
+    logits, box_deltas = full.class_logits, full.box_deltas
+    if cfg.scale_target == "student":
+        obj, deltas, logits, box_deltas = obj.detach(), deltas.detach(), logits.detach(), box_deltas.detach()
+    return obj.sigmoid(), deltas, (logits / cfg.distill_temperature).softmax(dim=1), box_deltas
+
+
+def scale_consistency_loss(small, full, soft, cfg):
+    """SED_NOTES section 2 (Figure 1 "Scale Equivalent"): the student on the 0.5x strong view against
+    `scale_targets` (by default the student's own full-size outputs), weighted by the teacher's
+    foreground probabilities (section 3, one re-weighting for both terms).
+
+    RPN: small-image level P(l-1) has the grid of full-size level P(l) and anchors of half the size
+    at the same places, so, in the flattened (level, y, x, anchor) order, the small P2-P5 block lines
+    up element by element with the full-size P3-P6 block. Box deltas are relative to the anchor size,
+    hence scale-invariant: the full-size deltas are the targets unchanged. (Exact for the anchor
+    centres and the square anchors; the 1:2 and 2:1 anchors differ by 1 px after the doubling because
+    torchvision rounds every level's cell anchors to whole pixels.)
+    RoI head: proposal B on the full view is B / 2 on the small one (small.* were computed there).
+    """
+    if small.level_sizes[:-1] != soft.level_sizes[1:]:
+        raise ValueError(f"scale consistency: small-view anchors per level {small.level_sizes[:-1]} do not "
+                         f"match the full view's P3-P6 {soft.level_sizes[1:]}; pad to a multiple of "
+                         f"{SIZE_DIVISIBLE} (sed.views.make_views)")
+    p2_p5 = slice(0, sum(small.level_sizes[:-1]))
+    p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
+    rpn_prob, rpn_deltas, roi_probs, roi_deltas = scale_targets(full, soft, cfg)
+    rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_prob, rpn_deltas,
+                                             soft.rpn_prob[:, p3_p6], cfg)
+    roi_cls, roi_reg = roi_distillation_loss(small.class_logits, small.box_deltas, roi_probs, roi_deltas,
+                                             soft.roi_fg, cfg)
+    return {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg,
+            "loss_scale_roi_cls": roi_cls, "loss_scale_roi_reg": roi_reg}
+
+
+def check_small_view(small_batch):
+    """The 0.5x view must be half of a batch padded to a multiple of SIZE_DIVISIBLE (section 2)."""
     if any(side % (SIZE_DIVISIBLE // 2) for side in small_batch.tensors.shape[-2:]):
         raise ValueError(f"scale consistency: the small view {tuple(small_batch.tensors.shape[-2:])} is not half "
                          f"of a batch padded to a multiple of {SIZE_DIVISIBLE}; build it with sed.views.make_views")
-    obj, deltas, level_sizes, class_logits, box_deltas = student_outputs(
-        student, small_batch, [p / 2 for p in soft.proposals])
-    small = slice(0, sum(level_sizes[:-1]))                       # small P2..P5
-    original = slice(soft.level_sizes[0], sum(soft.level_sizes))  # original P3..P6
-    if level_sizes[:-1] != soft.level_sizes[1:]:
-        raise ValueError(f"scale consistency: small-view anchors per level {level_sizes[:-1]} do not match "
-                         f"the original's P3-P6 {soft.level_sizes[1:]}; pad to a multiple of 64 (make_views)")
-    rpn_cls, rpn_reg = rpn_distillation_loss(obj[:, small], deltas[:, small], soft.rpn_prob[:, original],
-                                             soft.rpn_deltas[:, original], cfg)
-    roi_cls, roi_reg = roi_distillation_loss(class_logits, box_deltas, soft, cfg)
-    return {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg,
-            "loss_scale_roi_cls": roi_cls, "loss_scale_roi_reg": roi_reg}
 
 
 def pseudo_targets(detections, threshold, scale=1.0):
@@ -156,38 +195,37 @@ def pseudo_targets(detections, threshold, scale=1.0):
              "labels": d["labels"][d["scores"] >= threshold]} for d in detections]
 
 
-def hard_pseudo_label_loss(student, strong_batch, small_batch, soft, cfg):
-    """Classic thresholded pseudo-labels (SED_NOTES section 1 "optional", and `--no-distill`).
+def hard_pseudo_label_loss(student, strong_batch, soft, cfg):
+    """Classic thresholded pseudo-labels (SED_NOTES section 1, the teacher-student baseline).
 
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
     Faster R-CNN losses on the strong view (design choice: all four, box regression included);
-    an image without confident detections is trained as all background. With small_batch given
-    (scale consistency without distillation) the same labels / 2 are targets on the 0.5x view.
+    an image without confident detections is trained as all background.
     """
     targets = pseudo_targets(soft.detections, cfg.pseudo_threshold)
-    losses = {k.replace("loss_", "loss_hard_"): v for k, v in student.losses(strong_batch, targets).items()}
-    if small_batch is not None:
-        small_targets = pseudo_targets(soft.detections, cfg.pseudo_threshold, scale=0.5)
-        losses |= {k.replace("loss_", "loss_hard_scale_"): v
-                   for k, v in student.losses(small_batch, small_targets).items()}
-    return losses
+    return {k.replace("loss_", "loss_hard_"): v for k, v in student.losses(strong_batch, targets).items()}
 
 
 def sed_losses(student, strong_batch, small_batch, soft, cfg):
-    """All unsupervised loss terms the cfg switches on, as a dict of named scalar tensors.
+    """All unsupervised loss terms the cfg switches on, as a dict of named scalar tensors (Figure 1).
 
-    cfg.distill: sections 1 (+ 2 with cfg.scale_consistency); cfg.hard_pseudo_labels or not
-    cfg.distill: the hard pseudo-label loss (on the small view too when scale consistency is on
-    and distillation off). Sum the values for L_unsup; there is no "total" key.
+    The student runs once on the full-size strong view (its outputs feed self-distillation and are
+    the scale targets) and, with scale consistency, once on the 0.5x view. cfg.distill: section 1;
+    cfg.scale_consistency: section 2; cfg.hard_pseudo_labels or not cfg.distill: the hard
+    pseudo-label loss. Sum the values for L_unsup; there is no "total" key.
     """
     losses = {}
+    full = None
+    if cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"):
+        full = student_outputs(student, strong_batch, soft.proposals, soft.roi_labels)
     if cfg.distill:
-        losses |= distillation_loss(student, strong_batch, soft, cfg)
-        if cfg.scale_consistency:
-            losses |= scale_consistency_loss(student, small_batch, soft, cfg)
+        losses |= distillation_loss(full, soft, cfg)
+    if cfg.scale_consistency:
+        check_small_view(small_batch)
+        small = student_outputs(student, small_batch, [p / 2 for p in soft.proposals], soft.roi_labels)
+        losses |= scale_consistency_loss(small, full, soft, cfg)
     if cfg.hard_pseudo_labels or not cfg.distill:
-        small = small_batch if cfg.scale_consistency and not cfg.distill else None
-        losses |= hard_pseudo_label_loss(student, strong_batch, small, soft, cfg)
+        losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg)
     return losses
 
 

@@ -75,6 +75,12 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def class_deltas(box_deltas, labels):
+    """[P, (C+1)*4] per-class deltas (BoxPredictor's layout), [P] labels -> [P, 4] each row's label's deltas."""
+    rows = torch.arange(len(labels), device=box_deltas.device)
+    return box_deltas.reshape(len(labels), box_deltas.shape[1] // 4, 4)[rows, labels]
+
+
 class RoIHeads(nn.Module):
     def __init__(self, num_classes, in_channels=256, pool_size=7, hidden=1024, fg_iou=0.5,
                  bg_iou=0.5, batch_size_per_image=512, positive_fraction=0.25,

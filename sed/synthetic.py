@@ -1,10 +1,16 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Each image has a random background (a linear gradient between two muted colours), clutter that is
-not one of the classes (thin lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five
-classes drawn in random order (later shapes occlude earlier ones). The data set reproduces, in
-miniature, what SED targets:
+Three families (`--family`, `FAMILIES`):
+- shapes (the default, on which every setting of the project was developed): a random background
+  (a linear gradient between two muted colours), clutter that is not one of the classes (thin
+  lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
+  (later shapes occlude earlier ones);
+- rings: held out for confirming settings on data they were not tuned on: rings, stars and
+  hexagons (1-5 per image, 6 px to 0.6 of the image side) on smoothed colour noise;
+- easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
+  (`make demo`).
+The shapes family reproduces, in miniature, what SED targets:
 - large scale variance: object sizes are log-uniform from 4 px to half the image side;
 - class imbalance: class frequencies 0.40 / 0.25 / 0.15 / 0.12 / 0.08;
 - background dominates: few objects per image, clutter, some background-only images.
@@ -20,17 +26,35 @@ writes data/shapes/annotations/{train,val}.json and data/shapes/{train,val}/*.pn
 """
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-# (COCO category id, name, sampling weight): non-contiguous ids, unequal frequencies.
-CATEGORIES = [(1, "rectangle", 0.40), (3, "ellipse", 0.25), (7, "triangle", 0.15),
-              (8, "cross", 0.12), (12, "diamond", 0.08)]
-MIN_OBJECT_SIZE = 4          # px, smallest object side before aspect jitter
-MAX_OBJECTS = 8              # objects per non-empty image: uniform in 1..MAX_OBJECTS
+@dataclass(frozen=True)
+class Family:
+    """One synthetic family: its classes and how images are drawn."""
+    categories: tuple        # (COCO category id, name, sampling weight): non-contiguous ids, unequal frequencies
+    min_object_size: int     # px, smallest object side before aspect jitter
+    max_object_fraction: float  # largest object side as a fraction of the shorter image side
+    max_objects: int         # objects per non-empty image: uniform in 1..max_objects
+    background: str          # "gradient" | "noise" (smoothed colour noise)
+    clutter: bool            # lines, arcs and noise patches that are not objects
+
+
+FAMILIES = {
+    # the family every setting of the project was developed and tuned on
+    "shapes": Family(((1, "rectangle", 0.40), (3, "ellipse", 0.25), (7, "triangle", 0.15),
+                      (8, "cross", 0.12), (12, "diamond", 0.08)), 4, 0.5, 8, "gradient", True),
+    # a second family that no default was tuned on: other classes, sizes and backgrounds
+    "rings": Family(((2, "ring", 0.5), (5, "star", 0.3), (9, "hexagon", 0.2)), 6, 0.6, 5, "noise", False),
+    # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
+    "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
+                   "gradient", False),
+}
+CATEGORIES = FAMILIES["shapes"].categories
 MIN_CONTRAST = 140.0         # minimum RGB distance between an object and the background colours
 
 
@@ -50,6 +74,16 @@ def _draw_shape(name, w, h):
         d.rectangle([0, b / 3, r, 2 * b / 3], fill=255)
     elif name == "diamond":
         d.polygon([(r / 2, 0), (r, b / 2), (r / 2, b), (0, b / 2)], fill=255)
+    elif name == "ring":     # an annulus, the hole half the outer size
+        d.ellipse([0, 0, r, b], fill=255)
+        d.ellipse([r / 4, b / 4, 3 * r / 4, 3 * b / 4], fill=0)
+    elif name in ("star", "hexagon"):  # 5-point star (inner radius 0.45) or hexagon, touching its box
+        corners = 10 if name == "star" else 6
+        angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
+        radii = np.where(np.arange(corners) % 2, 0.45, 1.0) if name == "star" else np.ones(corners)
+        x, y = radii * np.cos(angles), -radii * np.sin(angles)
+        x, y = (x - x.min()) / np.ptp(x) * r, (y - y.min()) / np.ptp(y) * b
+        d.polygon(list(zip(x.tolist(), y.tolist())), fill=255)
     return mask
 
 
@@ -62,6 +96,14 @@ def _background(rng, w, h):
     t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
     pixels = c0 + t[..., None] * (c1 - c0)                         # [h, w, 3]
     return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
+
+
+def _noise_background(rng, w, h):
+    """Colour noise smoothed at a random scale (blotches of 1/16 to 1/4 of the image) -> (image, colours)."""
+    cells = int(rng.integers(4, 17))
+    coarse = rng.uniform(40, 215, size=(cells, cells, 3)).astype(np.uint8)
+    img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
+    return img, tuple(np.asarray(img, dtype=float).reshape(-1, 3).mean(axis=0)[None])
 
 
 def _object_colour(rng, bg_colours):
@@ -92,20 +134,25 @@ def _clutter(rng, img):
             img.paste(Image.fromarray(rng.integers(0, 256, size=(s, s, 3), dtype=np.uint8)), (px, py))
 
 
-def _render(rng, w, h, empty):
+def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
-    img, bg_colours = _background(rng, w, h)
-    _clutter(rng, img)
+    if family.background == "gradient":
+        img, bg_colours = _background(rng, w, h)
+    else:
+        img, bg_colours = _noise_background(rng, w, h)
+    if family.clutter:
+        _clutter(rng, img)
     anns = []
-    n = 0 if empty else int(rng.integers(1, MAX_OBJECTS + 1))
-    weights = np.array([c[2] for c in CATEGORIES])
-    for k in rng.choice(len(CATEGORIES), size=n, p=weights / weights.sum()):
-        cat_id, name, _ = CATEGORIES[k]
+    n = 0 if empty else int(rng.integers(1, family.max_objects + 1))
+    categories, lo = family.categories, family.min_object_size
+    weights = np.array([c[2] for c in categories])
+    for k in rng.choice(len(categories), size=n, p=weights / weights.sum()):
+        cat_id, name, _ = categories[k]
         # log-uniform size, aspect jitter in [1/1.5, 1.5], then fit inside the image
-        size = np.exp(rng.uniform(np.log(MIN_OBJECT_SIZE), np.log(min(w, h) / 2)))
+        size = np.exp(rng.uniform(np.log(lo), np.log(min(w, h) * family.max_object_fraction)))
         aspect = np.exp(rng.uniform(-np.log(1.5), np.log(1.5)))
-        bw = int(np.clip(round(size * np.sqrt(aspect)), MIN_OBJECT_SIZE, w))
-        bh = int(np.clip(round(size / np.sqrt(aspect)), MIN_OBJECT_SIZE, h))
+        bw = int(np.clip(round(size * np.sqrt(aspect)), lo, w))
+        bh = int(np.clip(round(size / np.sqrt(aspect)), lo, h))
         x, y = int(rng.integers(0, w - bw + 1)), int(rng.integers(0, h - bh + 1))
         mask = _draw_shape(name, bw, bh)
         img.paste(_object_colour(rng, bg_colours), (x, y), mask)
@@ -119,7 +166,7 @@ def _render(rng, w, h, empty):
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)), anns
 
 
-def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, empty_fraction):
+def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, empty_fraction, family):
     """Render one split into OUT/<split>/*.png and OUT/annotations/<split>.json."""
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +175,7 @@ def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, emp
         w = image_size
         h = int(round(image_size * float(rng.choice(height_ratios))))
         empty = bool(rng.random() < empty_fraction)
-        img, anns = _render(rng, w, h, empty)
+        img, anns = _render(rng, w, h, empty, family)
         file_name = f"{i:06d}.png"
         img.save(image_dir / file_name)
         images.append({"id": i + 1, "file_name": file_name, "width": w, "height": h})
@@ -136,7 +183,7 @@ def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, emp
             annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": cat_id,
                                 "bbox": box, "area": area, "iscrowd": 0})
     coco = {"images": images, "annotations": annotations,
-            "categories": [{"id": c, "name": n} for c, n, _ in CATEGORIES]}
+            "categories": [{"id": c, "name": n} for c, n, _ in family.categories]}
     ann_file = out_dir / "annotations" / f"{split}.json"
     ann_file.parent.mkdir(parents=True, exist_ok=True)
     ann_file.write_text(json.dumps(coco))
@@ -144,12 +191,12 @@ def _write_split(out_dir, split, num_images, rng, image_size, height_ratios, emp
 
 
 def generate(out_dir, num_train=200, num_val=50, seed=0, image_size=128,
-             height_ratios=(0.75, 1.0, 1.25), empty_fraction=0.05):
+             height_ratios=(0.75, 1.0, 1.25), empty_fraction=0.05, family="shapes"):
     """Write the data set; returns {"train_ann", "train_images", "val_ann", "val_images"} (Paths).
 
     height_ratios: image height = round(image_size * choice(height_ratios)), width = image_size;
     pass (1.0,) for square images. empty_fraction: probability that a train image has no objects
-    (val images always have at least one).
+    (val images always have at least one). family: a key of FAMILIES.
     """
     out_dir = Path(out_dir)
     paths = {}
@@ -157,7 +204,7 @@ def generate(out_dir, num_train=200, num_val=50, seed=0, image_size=128,
                                                      ("val", num_val, 0.0)]):
         rng = np.random.default_rng([seed, split_index])   # separate stream per split
         paths[f"{split}_ann"], paths[f"{split}_images"] = _write_split(
-            out_dir, split, n, rng, image_size, height_ratios, empty)
+            out_dir, split, n, rng, image_size, height_ratios, empty, FAMILIES[family])
     return paths
 
 
@@ -174,6 +221,9 @@ def main(argv=None):
                    help="image height = width * one of these (pass 1 for square images)")
     p.add_argument("--empty-fraction", type=float, default=0.05,
                    help="fraction of train images with no objects")
+    p.add_argument("--family", choices=sorted(FAMILIES), default="shapes",
+                   help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
+                        "easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),
@@ -188,7 +238,7 @@ def main(argv=None):
             if not ok:
                 raise UserError(message)
         paths = generate(args.out, args.num_train, args.num_val, args.seed, args.image_size,
-                         tuple(args.height_ratios), args.empty_fraction)
+                         tuple(args.height_ratios), args.empty_fraction, args.family)
     for k, v in paths.items():
         print(f"{k}: {v}")
 

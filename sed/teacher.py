@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 import sed.rpn
+from sed.roi_heads import class_deltas
 
 
 def make_teacher(student):
@@ -69,12 +70,11 @@ def predict_soft(teacher, weak_batch, cfg):
     class_logits, box_deltas = (x.float() for x in teacher.roi_heads.predict(feats, proposals))
     probs = class_logits.softmax(dim=1)
     labels = probs[:, 1:].argmax(dim=1) + 1
-    rows = torch.arange(len(labels), device=labels.device)
     detections = None
     if cfg.hard_pseudo_labels or not cfg.distill:  # = teacher.detect(weak_batch), reusing the features
         detections = teacher.roi_heads.detect(feats, all_proposals, weak_batch.image_sizes)
     return SoftTargets(
         rpn_prob=obj.sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes, proposals=proposals,
         roi_probs=(class_logits / cfg.distill_temperature).softmax(dim=1), roi_labels=labels,
-        roi_deltas=box_deltas.reshape(len(labels), probs.shape[1], 4)[rows, labels], roi_fg=1 - probs[:, 0],
+        roi_deltas=class_deltas(box_deltas, labels), roi_fg=1 - probs[:, 0],
         features=feats, detections=detections)

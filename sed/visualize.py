@@ -5,6 +5,7 @@ box-coloured background); drawing is torchvision's `draw_bounding_boxes`. Labels
 when Pillow finds it (size scaled to the image, at least 10 pt, so small images stay readable),
 else Pillow's default bitmap font.
 """
+import math
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ from torchvision.utils import draw_bounding_boxes
 
 DET_COLOR = (255, 0, 0)   # red
 GT_COLOR = (0, 255, 0)    # green
+MIN_PICTURE_SIDE = 256   # visualize_dataset enlarges smaller images (e.g. the 64 px demo) to this
 FONT = "DejaVuSans.ttf"   # Pillow searches the system font directories for it
 
 
@@ -39,19 +41,23 @@ def _draw(image, boxes, labels, color, width, font):
                                font=font, font_size=font_size, fill_labels=True)
 
 
-def draw_detections(image, dets, class_names=None, score_thr=0.5, gt=None, width=2):
+def draw_detections(image, dets, class_names=None, score_thr=0.5, gt=None, width=2, min_side=0):
     """image [3,H,W] float 0..1; dets {"boxes" [K,4], "scores" [K], "labels" [K]} in its pixels;
-    gt {"boxes", "labels"} or None. Returns uint8 [3,H,W]: detections with score >= score_thr
-    (red, "name score") over the ground truth (green, "name")."""
+    gt {"boxes", "labels"} or None. Returns uint8 [3,f*H,f*W]: detections with score >= score_thr
+    (red, "name score") over the ground truth (green, "name"). f: the smallest whole factor that makes
+    the shorter side >= min_side (pixels repeated), so labels stay readable on small images; 1 for
+    min_side 0."""
+    factor = max(1, math.ceil(min_side / min(image.shape[-2:])))
     out = (image.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
+    out = out.repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
     font = _font()
     if gt is not None:
         names = [_name(class_names, int(label)) for label in gt["labels"]]
-        out = _draw(out, gt["boxes"], names, GT_COLOR, width, font)
+        out = _draw(out, gt["boxes"] * factor, names, GT_COLOR, width, font)
     keep = dets["scores"] >= score_thr
     names = [f"{_name(class_names, int(label))} {float(score):.2f}"
              for label, score in zip(dets["labels"][keep], dets["scores"][keep])]
-    return _draw(out, dets["boxes"][keep], names, DET_COLOR, width, font)
+    return _draw(out, dets["boxes"][keep] * factor, names, DET_COLOR, width, font)
 
 
 def save_png(image, path):
@@ -60,21 +66,24 @@ def save_png(image, path):
     Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(path)
 
 
-def save_visualizations(images, dets, out_dir, class_names=None, score_thr=0.5, gts=None, names=None):
+def save_visualizations(images, dets, out_dir, class_names=None, score_thr=0.5, gts=None, names=None,
+                        min_side=0):
     """One PNG per image into out_dir, named names[i] (default: the index); returns the paths."""
     paths = []
     for i, (image, det) in enumerate(zip(images, dets)):
         path = Path(out_dir) / f"{names[i] if names else i}.png"
-        save_png(draw_detections(image, det, class_names, score_thr, gts[i] if gts else None), path)
+        gt = gts[i] if gts else None
+        save_png(draw_detections(image, det, class_names, score_thr, gt, min_side=min_side), path)
         paths.append(path)
     return paths
 
 
 @torch.no_grad()
-def visualize_dataset(model, dataset, indices, out_dir, device="cpu", score_thr=0.5, batch_size=4):
+def visualize_dataset(model, dataset, indices, out_dir, device="cpu", score_thr=0.5, batch_size=4,
+                      min_side=MIN_PICTURE_SIDE):
     """Run `model` (eval mode, restored afterwards) on dataset[i] for i in indices and write
     out_dir/<image_id>.png (<file_name>.png if the target has one) with its detections and the
-    ground truth; returns the paths."""
+    ground truth, small images enlarged to a shorter side >= min_side; returns the paths."""
     was_training = model.training
     model.eval()
     indices, paths = list(indices), []
@@ -84,6 +93,6 @@ def visualize_dataset(model, dataset, indices, out_dir, device="cpu", score_thr=
         dets = model([image.to(device) for image in images])
         names = [t.get("file_name", t.get("image_id", i))  # eval.py --images: "photo.jpg" -> photo.jpg.png
                  for t, i in zip(targets, indices[start:start + batch_size])]
-        paths += save_visualizations(images, dets, out_dir, class_names, score_thr, targets, names)
+        paths += save_visualizations(images, dets, out_dir, class_names, score_thr, targets, names, min_side)
     model.train(was_training)
     return paths

@@ -251,3 +251,16 @@ def test_rpn_proposals_are_inside_the_image():
     h, w = batch.image_sizes[0]
     assert len(proposals[0]) > 0
     assert (proposals[0][:, [0, 2]] <= w).all() and (proposals[0][:, [1, 3]] <= h).all()
+
+
+def test_group_norm_backbone_for_training_from_scratch():
+    """--backbone-norm group: trainable GroupNorm(32) instead of FrozenBatchNorm2d, each residual block
+    starting as the identity (its last norm's scale 0); pretrained weights refuse it."""
+    backbone = BackboneFPN("resnet18", None, trainable_layers=5, norm="group")
+    norms = [m for m in backbone.modules() if isinstance(m, (torch.nn.GroupNorm, FrozenBatchNorm2d))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) and m.num_groups == 32 for m in norms)
+    assert all(m.weight.requires_grad for m in norms)
+    blocks = [m for m in backbone.modules() if isinstance(m, torchvision.models.resnet.BasicBlock)]
+    assert len(blocks) == 8 and all(torch.equal(b.bn2.weight, torch.zeros_like(b.bn2.weight)) for b in blocks)
+    with pytest.raises(ValueError, match="frozen_bn"):
+        BackboneFPN("resnet18", "imagenet", norm="group")

@@ -11,11 +11,13 @@ import sed
 from sed.config import TrainConfig
 from sed.losses import (SEDObjective, foreground_weights, roi_distillation_loss, rpn_distillation_loss,
                         sed_losses, unsup_weight_at, weighted_mean)
+from sed.roi_heads import class_deltas
 from sed.teacher import make_teacher, predict_soft
 from sed.views import make_views
 
 LN2 = math.log(2)
 BETA = 1 / 9  # smooth L1 beta (torchvision)
+ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0)  # box deltas distilled wherever the weight is > 0
 
 
 def smooth_l1(x):
@@ -50,15 +52,24 @@ def test_weighted_mean_detaches_the_weights():
 
 def test_foreground_weights_gamma_floor_detached():
     p = torch.tensor([0.01, 0.5, 1.0], requires_grad=True)
-    w_cls, w_reg = foreground_weights(p, TrainConfig(weight_gamma=2.0, weight_floor=0.1))
+    w_cls, w_reg = foreground_weights(p, TrainConfig(weight_gamma=2.0, weight_floor=0.1, distill_reg_threshold=0.0))
     assert torch.allclose(w_reg, torch.tensor([1e-4, 0.25, 1.0]))
     assert torch.allclose(w_cls, torch.tensor([0.1, 0.25, 1.0]))  # floor only on classification
     assert not w_cls.requires_grad and not w_reg.requires_grad
 
 
+def test_distill_reg_threshold_drops_the_box_weights_of_unconfident_entries():
+    p = torch.tensor([0.2, 0.5, 0.9])
+    for reweight in (True, False):
+        w_cls, w_reg = foreground_weights(p, TrainConfig(reweight=reweight, distill_reg_threshold=0.5))
+        assert torch.equal(w_reg, torch.tensor([0.0, 0.5, 0.9]))  # p_fg >= 0.5 keeps its weight p_fg
+        assert torch.equal(w_cls, p if reweight else torch.ones(3))  # classification unchanged
+
+
 def test_foreground_weights_without_reweight():
     p = torch.tensor([0.2, 0.9])
-    w_cls, w_reg = foreground_weights(p, TrainConfig(reweight=False, weight_gamma=3.0, weight_floor=0.5))
+    w_cls, w_reg = foreground_weights(p, TrainConfig(reweight=False, weight_gamma=3.0, weight_floor=0.5,
+                                                             distill_reg_threshold=0.0))
     assert torch.equal(w_cls, torch.ones(2))  # plain mean of the classification terms
     assert torch.equal(w_reg, p)              # box distillation stays confidence-weighted (section 1)
 
@@ -72,10 +83,10 @@ def test_rpn_distillation_hand_values():
     teacher_deltas = torch.zeros(1, 2, 4)
     bce = [LN2, -(0.5 * math.log(0.75) + 0.5 * math.log(0.25))]
     reg = [smooth_l1(0.05), smooth_l1(1.0) + smooth_l1(-0.5)]
-    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, TrainConfig())
+    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, p, ALL_DELTAS)
     assert cls_loss.item() == pytest.approx((0.25 * bce[0] + 0.5 * bce[1]) / 0.75, rel=1e-5)
     assert reg_loss.item() == pytest.approx((0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
-    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, TrainConfig(reweight=False))
+    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, p, dataclasses.replace(ALL_DELTAS, reweight=False))
     assert cls_loss.item() == pytest.approx((bce[0] + bce[1]) / 2, rel=1e-5)
     assert reg_loss.item() == pytest.approx((0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
 
@@ -85,7 +96,7 @@ def test_rpn_distillation_at_the_teacher_has_zero_gradient_and_entropy_value():
     logits = torch.logit(p).requires_grad_(True)
     deltas = torch.randn(4, 4)
     student_deltas = deltas.clone().requires_grad_(True)
-    cls_loss, reg_loss = rpn_distillation_loss(logits, student_deltas, p, deltas, TrainConfig(reweight=False))
+    cls_loss, reg_loss = rpn_distillation_loss(logits, student_deltas, p, deltas, p, TrainConfig(reweight=False))
     (cls_loss + reg_loss).backward()
     entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()
     assert cls_loss.item() == pytest.approx(entropy.item(), rel=1e-5)  # BCE minimum = teacher entropy
@@ -97,6 +108,12 @@ def roi_targets(probs, labels, deltas, fg):
     return SimpleNamespace(roi_probs=probs, roi_labels=labels, roi_deltas=deltas, roi_fg=fg)
 
 
+def roi_loss(class_logits, box_deltas, soft, cfg):
+    """roi_distillation_loss with the teacher's targets and the student's deltas of the teacher's class."""
+    return roi_distillation_loss(class_logits, class_deltas(box_deltas, soft.roi_labels), soft.roi_probs,
+                                 soft.roi_deltas, soft.roi_fg, cfg)
+
+
 def test_roi_distillation_hand_values_with_temperature():
     # T = 2: student logits [0, 2 ln 2, 0] / 2 -> softmax [1/4, 1/2, 1/4]; teacher [1/2, 1/4, 1/4]
     # KL = 1/2 ln 2 + 1/4 ln(1/2) = 1/4 ln 2; times T^2 = 4 -> ln 2
@@ -104,7 +121,7 @@ def test_roi_distillation_hand_values_with_temperature():
     box_deltas = torch.arange(12.0).reshape(1, 12) / 10  # class 2 deltas = [0.8, 0.9, 1.0, 1.1]
     soft = roi_targets(torch.tensor([[0.5, 0.25, 0.25]]), torch.tensor([2]),
                        torch.tensor([[0.8, 0.9, 1.0, 0.0]]), torch.tensor([0.5]))
-    cls_loss, reg_loss = roi_distillation_loss(class_logits, box_deltas, soft, TrainConfig(distill_temperature=2.0))
+    cls_loss, reg_loss = roi_loss(class_logits, box_deltas, soft, TrainConfig(distill_temperature=2.0))
     assert cls_loss.item() == pytest.approx(LN2, rel=1e-5)
     assert reg_loss.item() == pytest.approx(smooth_l1(1.1), rel=1e-5)  # a single RoI: weight cancels
 
@@ -115,7 +132,7 @@ def test_roi_distillation_weights_by_teacher_foreground():
     class_logits = torch.tensor([[0.7, 0.2, 0.1], [1.0, 1.0, 1.0]]).log()
     k = sum(t * math.log(t / (1 / 3)) for t in (0.5, 0.25, 0.25))
     soft = roi_targets(teacher, torch.tensor([1, 1]), torch.zeros(2, 4), torch.tensor([0.2, 0.6]))
-    cls_loss, reg_loss = roi_distillation_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
+    cls_loss, reg_loss = roi_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
     assert cls_loss.item() == pytest.approx(0.6 * k / 0.8, rel=1e-5)
     assert reg_loss.item() == 0
 
@@ -128,7 +145,7 @@ def test_roi_distillation_at_the_teacher_is_zero_with_zero_gradient():
                        1 - logits.softmax(1)[:, 0])
     logits.requires_grad_(True)
     box_deltas.requires_grad_(True)
-    cls_loss, reg_loss = roi_distillation_loss(logits, box_deltas, soft, TrainConfig())
+    cls_loss, reg_loss = roi_loss(logits, box_deltas, soft, TrainConfig())
     (cls_loss + reg_loss).backward()
     assert abs(cls_loss.item()) < 1e-6 and reg_loss.item() == 0
     assert logits.grad.abs().max() < 1e-6 and box_deltas.grad.abs().max() == 0
@@ -137,7 +154,7 @@ def test_roi_distillation_at_the_teacher_is_zero_with_zero_gradient():
 def test_roi_distillation_without_proposals_is_zero():
     soft = roi_targets(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0, 4), torch.zeros(0))
     class_logits = torch.zeros(0, 3, requires_grad=True)
-    cls_loss, reg_loss = roi_distillation_loss(class_logits, torch.zeros(0, 12), soft, TrainConfig())
+    cls_loss, reg_loss = roi_loss(class_logits, torch.zeros(0, 12), soft, TrainConfig())
     assert cls_loss.item() == 0 and reg_loss.item() == 0
 
 
@@ -228,13 +245,10 @@ def test_every_switch_combination_gives_finite_losses(tiny, distill, scale, rewe
     expected = set()
     if distill:
         expected |= {"loss_rpn_distill_cls", "loss_rpn_distill_reg", "loss_roi_distill_cls", "loss_roi_distill_reg"}
-        if scale:
-            expected |= {"loss_scale_rpn_cls", "loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"}
+    if scale:  # the student <-> student link, with soft or hard teacher targets alike
+        expected |= {"loss_scale_rpn_cls", "loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"}
     if hard or not distill:
         expected |= {"loss_hard_objectness", "loss_hard_rpn_box_reg", "loss_hard_classifier", "loss_hard_box_reg"}
-        if scale and not distill:
-            expected |= {"loss_hard_scale_objectness", "loss_hard_scale_rpn_box_reg",
-                         "loss_hard_scale_classifier", "loss_hard_scale_box_reg"}
     assert set(losses) == expected
     total = sum(losses.values())
     student.zero_grad()

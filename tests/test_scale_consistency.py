@@ -1,12 +1,13 @@
 """Scale-equivalence (SED_NOTES.md section 2): the 0.5x view's level P(l-1) lines up with P(l)."""
 import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
 
 import sed
 from sed.config import TrainConfig
-from sed.losses import scale_consistency_loss
+from sed.losses import StudentOutputs, check_small_view, scale_consistency_loss, student_outputs
 from sed.teacher import make_teacher, predict_soft
 from sed.views import downsample, make_views
 
@@ -60,12 +61,13 @@ def shifted_soft(student, batch, small, proposals):
 
 
 def test_scale_loss_compares_small_p2_p5_with_original_p3_p6_and_boxes_halved(model, batches):
-    batch, small = batches
-    cfg = TrainConfig(teacher_proposals=16, reweight=False)
+    batch, small_batch = batches
+    cfg = TrainConfig(teacher_proposals=16, reweight=False, scale_target="teacher")
     soft = predict_soft(make_teacher(model), batch, cfg)
-    targets = dataclasses.replace(soft, **shifted_soft(model, batch, small, soft.proposals))
+    targets = dataclasses.replace(soft, **shifted_soft(model, batch, small_batch, soft.proposals))
     model.zero_grad()
-    losses = scale_consistency_loss(model, small, targets, cfg)
+    small = student_outputs(model, small_batch, [p / 2 for p in soft.proposals], targets.roi_labels)
+    losses = scale_consistency_loss(small, None, targets, cfg)
     sum(losses.values()).backward()
     p = targets.rpn_prob[:, targets.level_sizes[0]:]
     entropy = -(p * p.log() + (1 - p) * (1 - p).log()).mean()  # BCE at its minimum
@@ -75,17 +77,73 @@ def test_scale_loss_compares_small_p2_p5_with_original_p3_p6_and_boxes_halved(mo
     assert max(q.grad.abs().max().item() for q in model.parameters() if q.grad is not None) < 1e-6
 
 
-def test_scale_loss_uses_the_original_targets_unchanged(model):
-    """With a real teacher the targets of the small view are the original view's, cut at P3..P6."""
-    cfg = TrainConfig(teacher_proposals=16)
+def hand_outputs(level_sizes, num_rois, seed):
+    """StudentOutputs of random values for one image, 3 classes (4 with background)."""
+    g = torch.Generator().manual_seed(seed)
+    R = sum(level_sizes)
+    return StudentOutputs(torch.randn(1, R, generator=g), torch.randn(1, R, 4, generator=g), level_sizes,
+                          torch.randn(num_rois, 4, generator=g), torch.randn(num_rois, 4, generator=g))
+
+
+def hand_soft(level_sizes, num_rois):
+    """Teacher targets of which the student-target modes use only the weights (rpn_prob, roi_fg)."""
+    R = sum(level_sizes)
+    return SimpleNamespace(level_sizes=level_sizes, rpn_prob=torch.linspace(0.05, 0.95, R)[None],
+                           rpn_deltas=torch.zeros(1, R, 4), roi_probs=torch.full((num_rois, 4), 0.25),
+                           roi_deltas=torch.zeros(num_rois, 4), roi_fg=torch.linspace(0.1, 0.9, num_rois))
+
+
+def test_student_target_is_the_full_size_output_at_shifted_levels():
+    """Small P2..P5 equal to full P3..P6 and equal RoI outputs: BCE at its minimum, other terms 0."""
+    full_sizes, small_sizes = [48, 12, 3, 1, 1], [12, 3, 1, 1, 1]
+    full, soft = hand_outputs(full_sizes, 5, seed=0), hand_soft(full_sizes, 5)
+    small = hand_outputs(small_sizes, 5, seed=1)
+    small.obj[:, :17], small.deltas[:, :17] = full.obj[:, 48:], full.deltas[:, 48:]  # small P2-P5 = full P3-P6
+    small.class_logits, small.box_deltas = full.class_logits.clone(), full.box_deltas.clone()
+    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target="student"))
+    q, w = full.obj[0, 48:].sigmoid(), soft.rpn_prob[0, 48:]  # targets, and teacher objectness as weights
+    entropy = -(q * q.log() + (1 - q) * (1 - q).log())
+    assert losses["loss_scale_rpn_cls"].item() == pytest.approx(((w * entropy).sum() / w.sum()).item(), rel=1e-5)
+    for name in ("loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"):
+        assert abs(losses[name].item()) < 1e-6, name
+
+
+@pytest.mark.parametrize("mode,full_gets_gradient", [("student", False), ("mutual", True), ("teacher", None)])
+def test_which_branch_receives_gradient(mode, full_gets_gradient):
+    """student: only the 0.5x branch learns; mutual: both; teacher: the full-size outputs are unused."""
+    full_sizes, small_sizes = [48, 12, 3, 1, 1], [12, 3, 1, 1, 1]
+    full, soft = hand_outputs(full_sizes, 5, seed=0), hand_soft(full_sizes, 5)
+    small = hand_outputs(small_sizes, 5, seed=1)
+    branches = [full.obj, full.deltas, full.class_logits, full.box_deltas,
+                small.obj, small.deltas, small.class_logits, small.box_deltas]
+    for t in branches:
+        t.requires_grad_(True)
+    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target=mode))
+    grads = torch.autograd.grad(sum(losses.values()), branches, allow_unused=True)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[4:])  # the 0.5x branch always learns
+    if full_gets_gradient:
+        assert all(g is not None and g.abs().sum() > 0 for g in grads[:4])
+    else:
+        assert all(g is None for g in grads[:4])
+
+
+@pytest.mark.parametrize("mode", ["student", "mutual", "teacher"])
+def test_the_teacher_never_receives_gradient(model, mode):
+    cfg = TrainConfig(teacher_proposals=16, scale_target=mode, distill=False, hard_pseudo_labels=False)
+    teacher = make_teacher(model)
     weak, strong, small = make_views(model, [torch.rand(3, 70, 100)], cfg, min_size=64)
-    soft = predict_soft(make_teacher(model), weak, cfg)
-    losses = scale_consistency_loss(model, small, soft, cfg)
+    soft = predict_soft(teacher, weak, cfg)
+    full = student_outputs(model, strong, soft.proposals, soft.roi_labels)
+    small_out = student_outputs(model, small, [p / 2 for p in soft.proposals], soft.roi_labels)
+    losses = scale_consistency_loss(small_out, full, soft, cfg)
+    model.zero_grad()
+    sum(losses.values()).backward()
     assert all(torch.isfinite(v) and v >= 0 for v in losses.values())
+    assert all(q.grad is None for q in teacher.parameters())
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in model.parameters())
 
 
 def test_scale_loss_rejects_a_view_not_padded_to_64(model):
     batch, _ = model.transform([torch.rand(3, 70, 100)], min_size=64, size_divisible=32)  # 64 x 96
-    soft = predict_soft(make_teacher(model), batch, TrainConfig(teacher_proposals=8))
     with pytest.raises(ValueError, match="multiple of 64"):
-        scale_consistency_loss(model, downsample(batch), soft, TrainConfig())
+        check_small_view(downsample(batch))

@@ -29,6 +29,14 @@ def test_box_edges_have_their_colours_and_score_thr_filters():
     assert pixel(out, 60, 70) == (0, 0, 0)   # no ground truth given
 
 
+def test_small_images_are_enlarged_by_a_whole_factor():
+    out = draw_detections(IMAGE, DETS, NAMES, score_thr=0.5, gt=GT, min_side=256)  # 64 -> 256: factor 4
+    assert out.shape == (3, 256, 384)
+    assert pixel(out, 50 * 4, 30 * 4) == DET_COLOR  # bottom edge of the 0.9 detection, scaled
+    assert pixel(out, 60 * 4, 70 * 4) == GT_COLOR   # bottom edge of the ground truth, scaled
+    assert draw_detections(IMAGE, DETS, NAMES, min_side=64).shape == (3, 64, 96)  # already large enough
+
+
 def test_empty_detections_and_unknown_labels():
     none = {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.long)}
     out = draw_detections(IMAGE + 0.5, none)
@@ -61,8 +69,8 @@ def test_visualize_dataset_names_files_by_image_id(tmp_path):
     paths = visualize_dataset(model, dataset, [0, 2], tmp_path, batch_size=1)
     assert model.training
     assert sorted(p.name for p in paths) == ["100.png", "102.png"]
-    with Image.open(paths[0]) as im:
-        assert im.getpixel((70, 60)) == GT_COLOR
+    with Image.open(paths[0]) as im:  # the 64 px image enlarged 4x to MIN_PICTURE_SIDE
+        assert im.size == (384, 256) and im.getpixel((70 * 4, 60 * 4)) == GT_COLOR
 
 
 def test_without_a_truetype_font_falls_back_to_the_default(monkeypatch):

@@ -1,0 +1,34 @@
+"""sed.experiment's tables: paired per-seed gains, mean +- std, rendered from the saved run files."""
+import json
+
+from sed.experiment import gain, load_results, render_markdown
+
+
+def write_run(folder, row, seed, ap):
+    record = {"row": row, "seed": seed, "model": "teacher", "commit": "abc", "minutes": 1.0, "command": [],
+              "metrics": {"AP": ap, "AP50": 2 * ap, "APs": ap, "APm": ap, "APl": -1.0},
+              "diagnostics": {"pl_dets_per_image": 1.0, "pl_recall@0.5": 0.5, "pl_recall@0.7": 0.25,
+                              "pl_weight_on_objects": 0.75}}
+    (folder / f"{row}_seed{seed}.json").write_text(json.dumps(record))
+
+
+def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path):
+    for seed, (sup, ts, sed) in enumerate([(10.0, 12.0, 15.0), (20.0, 21.0, 23.0), (30.0, 33.0, 34.0)]):
+        write_run(tmp_path, "supervised", seed, sup)
+        write_run(tmp_path, "teacher_student", seed, ts)
+        write_run(tmp_path, "sed", seed, sed)
+    write_run(tmp_path, "sed_mutual", 0, 14.0)
+    table = load_results(tmp_path)
+    text, values = gain(table, "sed", "supervised")
+    assert values == [5.0, 3.0, 4.0] and text == "4.0 ± 1.0"  # mean 4, sample std 1
+    assert gain(table, "sed_mutual", "sed")[1] == [-1.0]        # only the seed both have
+    lines = render_markdown(table, "shapes").splitlines()
+    row = {}  # the results table's line of each row (the diagnostics table follows it)
+    for line in lines:
+        if line.startswith("| "):
+            row.setdefault(line.split(" | ")[0].strip("| "), line)
+    assert row["supervised"].startswith("| supervised | 3 | 20.0 ± 10.0 | 40.0 ± 20.0 |")
+    assert row["teacher_student"].endswith("| 2.0 ± 1.0 | supervised |")  # gains 2, 1, 3
+    assert row["sed"].endswith("| 2.0 ± 1.0 | teacher_student |")          # gains 3, 2, 1
+    assert row["sed_mutual"].startswith("| sed_mutual | 1 | 14.0 |") and row["sed_mutual"].endswith("| -1.0 | sed |")
+    assert "SED - supervised, AP: 4.0 ± 1.0" in lines
