@@ -60,7 +60,7 @@ from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporar
 from sed.config import describe_batch, model_options, parse_args, resolve_batch
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images)
-from sed.diagnostics import diagnose, format_summary
+from sed.diagnostics import collapse_warning, diagnose, format_summary
 from sed.errors import UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate
 from sed.losses import SEDObjective, unsup_weight_at
@@ -264,10 +264,13 @@ def train(cfg):
             stats = diagnose(teacher, unlabeled, diagnostics_sample, device)
             log("log.jsonl", {"iteration": it, **stats})
             tqdm.write(f"iteration {it}: {format_summary(stats)}")
+            warning = collapse_warning(stats, first_diagnostics.setdefault("stats", stats))
+            if warning:
+                tqdm.write(f"iteration {it}: {warning}")
 
     # SED: a fixed, evenly spaced sample of the unlabeled images that have ground truth (their labels
     # measure, never train); the images of --unlabeled-images have none and are skipped
-    diagnostics_sample = []
+    diagnostics_sample, first_diagnostics = [], {}  # the first measurement: the reference of collapse_warning
     if teacher is not None and cfg.diagnostics_images > 0:
         with_truth = unlabeled.ground_truth_indices()
         step = max(1, len(with_truth) // cfg.diagnostics_images)

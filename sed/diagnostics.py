@@ -150,6 +150,21 @@ def format_summary(stats):
             f"{int(stats.get('pl_num_objects', 0))} objects): " + " ".join(parts))
 
 
+COLLAPSE_RATIO = 0.5  # design choice: warn when a sign of collapse fell below half its first value
+
+
+def collapse_warning(stats, first):
+    """A warning line when the teacher's detections per image or recall@0.5 fell below
+    COLLAPSE_RATIO x their value at the first measurement (SED_NOTES "Known failure mode": collapse
+    into background shows first as fewer confident detections and lower recall), else None."""
+    fallen = [f"{k[3:]} {first[k]:.3f} -> {stats[k]:.3f}" for k in ("pl_dets_per_image", "pl_recall@0.5")
+              if k in stats and k in first and stats[k] < COLLAPSE_RATIO * first[k]]
+    if not fallen:
+        return None
+    return ("warning: the teacher is collapsing into background? " + ", ".join(fallen)
+            + " since the first measurement; see README, experiment")
+
+
 @torch.no_grad()
 def teacher_outputs(model, images):
     """One pass of the eval-mode teacher over images (list of [3,H,W]) -> (detections as

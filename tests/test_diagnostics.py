@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sed
-from sed.diagnostics import (PseudoLabelStats, best_iou, covered, diagnose, format_summary,
+from sed.diagnostics import (PseudoLabelStats, best_iou, collapse_warning, covered, diagnose, format_summary,
                              size_bins, teacher_outputs, teacher_recall, weight_on_objects)
 from sed.transform import ImageTransform
 
@@ -158,3 +158,12 @@ def test_diagnose_runs_on_the_real_detector():
     for boxes, w in rois:  # proposals back in the 64 x 48 image
         assert boxes[:, 2].max() <= 64 and boxes[:, 3].max() <= 48 and boxes[:, 2].max() > 48
         assert len(boxes) == len(w) and ((w >= 0) & (w <= 1)).all()
+
+
+def test_collapse_warning_when_detections_or_recall_halve():
+    first = {"pl_dets_per_image": 2.0, "pl_recall@0.5": 0.6, "pl_num_images": 32.0}
+    assert collapse_warning({"pl_dets_per_image": 1.1, "pl_recall@0.5": 0.31}, first) is None  # above half
+    warning = collapse_warning({"pl_dets_per_image": 0.9, "pl_recall@0.5": 0.5}, first)
+    assert warning.startswith("warning: the teacher is collapsing") and "dets_per_image 2.000 -> 0.900" in warning
+    assert "recall" not in warning
+    assert collapse_warning({}, first) is None  # nothing measured (no objects): no claim

@@ -2,6 +2,7 @@
 import dataclasses
 import importlib.util
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from sed.checkpoint import save_checkpoint
 from sed.config import TrainConfig
 from sed.evaluation import METRIC_NAMES
 from sed.synthetic import generate
+from sed.visualize import MIN_PICTURE_SIDE
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")
@@ -56,8 +58,9 @@ def test_visualize_validation_set(setup, tmp_path):
     pictures = sorted((tmp_path / "pics").iterdir())
     assert [p.name for p in pictures] == [f"{img['id']}.png" for img in coco["images"][:2]]
     for picture, info in zip(pictures, coco["images"]):
+        f = enlargement(info["width"], info["height"])  # small images are drawn enlarged
         with Image.open(picture) as im:
-            assert im.size == (info["width"], info["height"]) and im.mode == "RGB"
+            assert im.size == (f * info["width"], f * info["height"]) and im.mode == "RGB"
 
 
 @pytest.fixture
@@ -90,13 +93,24 @@ def test_images_folder(setup, folder, tmp_path):
         assert im.mode == "RGB"
     assert any(d["score"] >= 0.5 for d in dets)  # so the pictures have red boxes
     with Image.open(folder / files[0]) as a, Image.open(tmp_path / "pics" / f"{files[0]}.png") as b:
-        assert (np.asarray(a.convert("RGB")) != np.asarray(b)).any()
+        assert (enlarged(a) != np.asarray(b)).any()
 
 
 def test_default_dets_path(setup, folder):
     _, ckpt = setup
     run(ckpt, "--images", str(folder) + "/")
     assert json.loads((folder.parent / "photos_detections.json").read_text())
+
+
+def enlargement(width, height):
+    """The whole factor by which sed.visualize draws an image of this size."""
+    return max(1, math.ceil(MIN_PICTURE_SIDE / min(width, height)))
+
+
+def enlarged(image):
+    """A PIL image as RGB pixels [f*H, f*W, 3], each pixel repeated f x f times."""
+    f = enlargement(*image.size)
+    return np.asarray(image.convert("RGB")).repeat(f, axis=0).repeat(f, axis=1)
 
 
 def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
@@ -106,7 +120,7 @@ def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
     assert json.loads((tmp_path / "dets.json").read_text())  # there are detections, none drawn
     source = sorted(p for p in folder.iterdir() if p.suffix != ".txt")[0]
     with Image.open(source) as a, Image.open(tmp_path / "pics" / f"{source.name}.png") as b:
-        np.testing.assert_array_equal(np.asarray(a.convert("RGB")), np.asarray(b))
+        np.testing.assert_array_equal(enlarged(a), np.asarray(b))
     assert len(list((tmp_path / "pics").iterdir())) == 1
 
 
