@@ -8,34 +8,20 @@ The command prints the torchvision constructor that takes the file: `FasterRCNN`
 weights_backbone=None)` builds trainable BatchNorm2d layers instead, whose state has
 `num_batches_tracked` entries). SED checkpoints export the EMA teacher by default.
 """
-import re
 
 import torch
 
 from sed.checkpoint import load_checkpoint
 from sed.config import from_dict
 from sed.errors import ArgumentParser, UserError, user_errors
+from sed.model import TORCHVISION_NAMES, rename_prefixes
 
-# ours -> torchvision name (the reverse of sed.model.TORCHVISION_RENAMES)
-TO_TORCHVISION = [
-    (r"^backbone\.fpn\.lateral\.(\d)\.", r"backbone.fpn.inner_blocks.\1.0."),
-    (r"^backbone\.fpn\.output\.(\d)\.", r"backbone.fpn.layer_blocks.\1.0."),
-    (r"^rpn\.head\.conv\.", "rpn.head.conv.0.0."),
-    (r"^rpn\.head\.objectness\.", "rpn.head.cls_logits."),
-    (r"^rpn\.head\.deltas\.", "rpn.head.bbox_pred."),
-    (r"^roi_heads\.predictor\.", "roi_heads.box_predictor."),
-]
 TORCHVISION_ANCHORS = (32, 64, 128, 256, 512)  # fasterrcnn_resnet50_fpn's default, one size per level
 
 
 def to_torchvision(state_dict):
     """Our model's state dict -> torchvision Faster R-CNN names (the same tensors)."""
-    renamed = {}
-    for name, value in state_dict.items():
-        for pattern, replacement in TO_TORCHVISION:
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = value
-    return renamed
+    return rename_prefixes(state_dict, [(ours, theirs) for theirs, ours in TORCHVISION_NAMES])
 
 
 def torchvision_constructor(cfg):

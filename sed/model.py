@@ -112,25 +112,33 @@ def check_targets(targets, num_images, num_classes):
             raise ValueError(f"image {i}: label {labels[outside][0].item()} outside the classes 1..{num_classes}")
 
 
-# torchvision name -> ours, for `load_torchvision_weights` (torchvision wraps some convs in Sequentials)
-TORCHVISION_RENAMES = [
-    (r"^backbone\.fpn\.inner_blocks\.(\d)\.0\.", r"backbone.fpn.lateral.\1."),
-    (r"^backbone\.fpn\.layer_blocks\.(\d)\.0\.", r"backbone.fpn.output.\1."),
-    (r"^rpn\.head\.conv\.0\.0\.", "rpn.head.conv."),
-    (r"^rpn\.head\.cls_logits\.", "rpn.head.objectness."),
-    (r"^rpn\.head\.bbox_pred\.", "rpn.head.deltas."),
-    (r"^roi_heads\.box_predictor\.", "roi_heads.predictor."),
+# (torchvision name prefix, ours): torchvision wraps some convs in Sequentials; "{}" is the FPN level.
+# load_torchvision_weights renames left -> right, sed.export right -> left.
+TORCHVISION_NAMES = [
+    ("backbone.fpn.inner_blocks.{}.0.", "backbone.fpn.lateral.{}."),
+    ("backbone.fpn.layer_blocks.{}.0.", "backbone.fpn.output.{}."),
+    ("rpn.head.conv.0.0.", "rpn.head.conv."),
+    ("rpn.head.cls_logits.", "rpn.head.objectness."),
+    ("rpn.head.bbox_pred.", "rpn.head.deltas."),
+    ("roi_heads.box_predictor.", "roi_heads.predictor."),
 ]
+
+
+def rename_prefixes(state_dict, pairs):
+    """A state dict with each key's prefix `old` of (old, new) in pairs replaced by `new`."""
+    rules = [("^" + re.escape(old).replace(r"\{\}", r"(\d)"), new.replace("{}", r"\1")) for old, new in pairs]
+    renamed = {}
+    for name, value in state_dict.items():
+        for pattern, replacement in rules:
+            name = re.sub(pattern, replacement, name)
+        renamed[name] = value
+    return renamed
 
 
 def load_torchvision_weights(model, state_dict):
     """Loads a torchvision `fasterrcnn_resnet*_fpn` state dict (e.g. its COCO weights, 91 classes
     with background: build the model with num_classes=90) into our model, strictly."""
-    renamed = {}
-    for name, value in state_dict.items():
-        for pattern, replacement in TORCHVISION_RENAMES:
-            name = re.sub(pattern, replacement, name)
-        renamed[name] = value
+    renamed = rename_prefixes(state_dict, TORCHVISION_NAMES)
     classes = renamed["roi_heads.predictor.cls_score.weight"].shape[0] - 1
     if classes != model.num_classes:
         raise UserError(f"torchvision weights have {classes} foreground classes, the model {model.num_classes}")
