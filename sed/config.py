@@ -18,6 +18,7 @@ from sed.errors import ArgumentParser, UserError
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("supervised", "sed")
 SCALE_TARGETS = ("student", "mutual", "teacher")
+DISTILL_NORMS = ("weight", "split")
 
 
 def _help(text, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -60,6 +61,7 @@ class TrainConfig:
                                  default_factory=lambda: (2000, 1000))
     roi_batch_size: int = _help("RoIs sampled per image for the box-head loss", 512)
     box_head_dim: int = _help("width of the box head's two fully connected layers (FPN: 1024)", 1024)
+    fpn_channels: int = _help("channels of the FPN levels, the RPN head and the RoI features (FPN: 256)", 256)
     # --- optimisation (1x schedule at batch 16: 90k iterations, steps at 60k and 80k) ---
     max_iter: int = _help("number of training iterations", 90000)
     batch_size: int = _help("labeled images per iteration and process; 0 = the method's per-GPU default "
@@ -89,6 +91,14 @@ class TrainConfig:
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
     weight_floor: float = _help("lower bound of the classification weights", 0.0)
+    distill_norm: str = _help("design choice: normalisation of the classification distillation: weight "
+                              "(sum w l / sum w over all anchors or RoIs) | split (probable foreground, "
+                              "teacher p >= 0.5, and background normalised separately, half each)", "weight")
+    target_sharpen: float = _help("design choice: the teacher's classification targets come from its logits "
+                                  "divided by this (RPN objectness and RoI classes); < 1 sharpens them, "
+                                  "1 = its probabilities", 1.0)
+    distill_reg_weight: float = _help("design choice: weight of the box-delta distillation terms (RPN and RoI, "
+                                      "self-distillation and scale) against the classification terms", 1.0)
     distill_reg_threshold: float = _help("distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("teacher proposals per image used as RoIs for distillation", 512)
@@ -146,6 +156,9 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
         (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
+        (cfg.distill_norm in DISTILL_NORMS, f"distill_norm must be one of {DISTILL_NORMS}, got {cfg.distill_norm!r}"),
+        (cfg.distill_reg_weight >= 0, f"distill_reg_weight must be >= 0, got {cfg.distill_reg_weight}"),
+        (cfg.target_sharpen > 0, f"target_sharpen must be > 0, got {cfg.target_sharpen}"),
         (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
         (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",
          f"backbone_norm {cfg.backbone_norm} needs --backbone-weights none (pretrained weights carry BN statistics)"),
@@ -235,7 +248,7 @@ def build_parser():
         else:
             kwargs = dict(type=f.type)
         choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
-                   "scale_target": SCALE_TARGETS, "backbone_norm": ("frozen_bn", "group")}
+                   "scale_target": SCALE_TARGETS, "distill_norm": DISTILL_NORMS, "backbone_norm": ("frozen_bn", "group")}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
         group.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)
@@ -264,4 +277,5 @@ def model_options(cfg: TrainConfig) -> dict:
     return dict(num_classes=cfg.num_classes, backbone=cfg.backbone, trainable_layers=cfg.trainable_layers,
                 min_size=cfg.min_size, max_size=cfg.max_size, anchor_sizes=cfg.anchor_sizes,
                 rpn_proposals=cfg.rpn_proposals, roi_batch_size=cfg.roi_batch_size,
-                box_head_dim=cfg.box_head_dim, backbone_norm=cfg.backbone_norm)
+                box_head_dim=cfg.box_head_dim, backbone_norm=cfg.backbone_norm,
+                fpn_channels=cfg.fpn_channels)

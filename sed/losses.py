@@ -2,6 +2,7 @@
 
     foreground_weights       section 3: teacher-confidence weights, detached
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
+    classification_mean      weighted_mean, or foreground and background halves (--distill-norm split)
     rpn_distillation_loss    section 1: per-anchor BCE with the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
     student_outputs          one student forward on one view (dense RPN outputs, RoI head on given boxes)
@@ -64,6 +65,21 @@ def weighted_mean(loss, weight):
     return (weight * loss).sum() / (weight.sum() + EPS)
 
 
+def classification_mean(loss, weight, p_fg, cfg):
+    """The classification distillation's mean over anchors or RoIs. loss, weight, p_fg: [N].
+
+    cfg.distill_norm "weight": weighted_mean over all N (SED_NOTES section 3).
+    "split" (design choice, SED_NOTES "Known failure mode"): the probable foreground (teacher
+    p_fg >= 0.5) and the rest are weighted means of their own, half each, so that thousands of
+    background anchors cannot outweigh a few objects (as the balanced anchor and RoI sampling of
+    the supervised Faster R-CNN losses does, torchvision's positive_fraction).
+    """
+    if cfg.distill_norm == "weight":
+        return weighted_mean(loss, weight)
+    fg = p_fg.detach() >= 0.5
+    return 0.5 * (weighted_mean(loss[fg], weight[fg]) + weighted_mean(loss[~fg], weight[~fg]))
+
+
 def smooth_l1(deltas, target_deltas):
     """[N, 4], [N, 4] -> [N]: smooth L1 summed over the 4 box coordinates."""
     return F.smooth_l1_loss(deltas, target_deltas, beta=SMOOTH_L1_BETA, reduction="none").sum(dim=-1)
@@ -77,12 +93,14 @@ def rpn_distillation_loss(logits, deltas, target_prob, target_deltas, p_fg, cfg)
     weights (section 3). Any leading shapes that flatten to these work, e.g. [B, R] and [B, R, 4].
     Classification: binary cross-entropy with the soft target p_t, so its minimum (student = target)
     is the target's entropy H(p_t), not 0; its gradient sigmoid(s) - p_t is that of the Bernoulli KL.
-    Regression: smooth L1, weighted by the teacher's objectness. Returns (loss_cls, loss_reg) scalars.
+    Regression: smooth L1, weighted by the teacher's objectness, times cfg.distill_reg_weight.
+    Returns (loss_cls, loss_reg) scalars.
     """
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg)
     bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target_prob.reshape(-1), reduction="none")
     reg = smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4))
-    return weighted_mean(bce, w_cls), weighted_mean(reg, w_reg)
+    reg = cfg.distill_reg_weight * weighted_mean(reg, w_reg)
+    return classification_mean(bce, w_cls, p_fg.reshape(-1), cfg), reg
 
 
 def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_fg, cfg):
@@ -93,13 +111,15 @@ def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_f
     T = cfg.distill_temperature; target_deltas [P, 4]; p_fg [P] = 1 - p_background of the teacher, source
     of the weights. Classification: T^2 * KL(p_t^T || softmax(s / T)) per RoI (T^2 keeps the gradient
     scale independent of T, Hinton et al. 2015). Regression: smooth L1, weighted by the teacher's
-    foreground probability. Returns (loss_cls, loss_reg) scalars; 0 when there are no proposals.
+    foreground probability, times cfg.distill_reg_weight. Returns (loss_cls, loss_reg) scalars; 0 when
+    there are no proposals.
     """
     T = cfg.distill_temperature
     w_cls, w_reg = foreground_weights(p_fg, cfg)
     log_q = F.log_softmax(class_logits / T, dim=1)
     kl = F.kl_div(log_q, target_probs, reduction="none").sum(dim=1) * T**2  # [P]
-    return weighted_mean(kl, w_cls), weighted_mean(smooth_l1(deltas, target_deltas), w_reg)
+    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas, target_deltas), w_reg)
+    return classification_mean(kl, w_cls, p_fg, cfg), reg
 
 
 @dataclass
@@ -127,7 +147,7 @@ def distillation_loss(full, soft, cfg):
     """SED_NOTES section 1 (Figure 1 "Self-Distillation"): the student on the full-size strong view
     against the teacher on the weak view (same geometry: anchor a and proposal r are the same image
     region in both). full: StudentOutputs of the strong view on soft.proposals."""
-    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_prob, soft.rpn_deltas,
+    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_target, soft.rpn_deltas,
                                              soft.rpn_prob, cfg)
     roi_cls, roi_reg = roi_distillation_loss(full.class_logits, full.box_deltas, soft.roi_probs,
                                              soft.roi_deltas, soft.roi_fg, cfg)
@@ -146,7 +166,7 @@ def scale_targets(full, soft, cfg):
     """
     p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
     if cfg.scale_target == "teacher":
-        return soft.rpn_prob[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
+        return soft.rpn_target[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
     obj, deltas = full.obj[:, p3_p6], full.deltas[:, p3_p6]
     logits, box_deltas = full.class_logits, full.box_deltas
     if cfg.scale_target == "student":

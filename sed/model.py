@@ -58,7 +58,8 @@ class FasterRCNN(nn.Module):
 
 def build_model(num_classes, backbone="resnet50", backbone_weights=None, trainable_layers=3,
                 min_size=800, max_size=1333, size_divisible=32, anchor_sizes=(32, 64, 128, 256, 512),
-                rpn_proposals=(2000, 1000), roi_batch_size=512, box_head_dim=1024, backbone_norm="frozen_bn"):
+                rpn_proposals=(2000, 1000), roi_batch_size=512, box_head_dim=1024, backbone_norm="frozen_bn",
+                fpn_channels=256):
     """Faster R-CNN R-FPN with torchvision's `fasterrcnn_resnet50_fpn` defaults.
 
     num_classes: foreground classes only (COCO: 80; torchvision's COCO weights: 90).
@@ -69,11 +70,14 @@ def build_model(num_classes, backbone="resnet50", backbone_weights=None, trainab
     before NMS per level and after it. roi_batch_size: RoIs sampled per image for the box loss.
     box_head_dim: width of the two fully connected layers of the box head (FPN's 1024).
     backbone_norm: "frozen_bn" (torchvision's) or "group" (trainable GroupNorm, for training from scratch).
-    The last four are smaller in the CPU experiments on small synthetic images.
+    fpn_channels: channels of P2-P6, hence of the RPN head and the RoI features (FPN's 256).
+    The roi_batch_size, box_head_dim and fpn_channels are smaller in the CPU experiments on small
+    synthetic images (at 256 channels the FPN and RPN convolutions cost more than a ResNet-18).
     """
     if num_classes < 1:
         raise UserError(f"num_classes must be >= 1 (foreground classes), got {num_classes}")
-    backbone = BackboneFPN(backbone, backbone_weights, trainable_layers, norm=backbone_norm)
+    backbone = BackboneFPN(backbone, backbone_weights, trainable_layers, out_channels=fpn_channels,
+                           norm=backbone_norm)
     rpn = RegionProposalNetwork(backbone.out_channels, anchor_sizes, pre_nms_top_n=rpn_proposals,
                                 post_nms_top_n=rpn_proposals)
     roi_heads = RoIHeads(num_classes, backbone.out_channels, hidden=box_head_dim, batch_size_per_image=roi_batch_size)

@@ -46,10 +46,12 @@ class SoftTargets:
     Coordinates are those of the weak batch (resized, padded), which the strong view shares.
     """
     rpn_prob: Tensor         # [B, R] objectness probability per anchor, flattened (level, y, x, anchor)
+    rpn_target: Tensor       # [B, R] the distillation target: sigmoid(logit / cfg.target_sharpen)
     rpn_deltas: Tensor       # [B, R, 4] anchor deltas (model.rpn.box_coder, weights 1,1,1,1)
     level_sizes: list        # anchors per level P2..P6 (A * H_l * W_l); they cut rpn_* into levels
     proposals: list          # per image [P_i, 4] xyxy, the teacher's top cfg.teacher_proposals after NMS
-    roi_probs: Tensor        # [P, C+1] class distribution at temperature cfg.distill_temperature, P = sum P_i
+    roi_probs: Tensor        # [P, C+1] target class distribution, softmax(logits / (T * cfg.target_sharpen)),
+                             # T = cfg.distill_temperature, P = sum P_i
     roi_labels: Tensor       # [P] arg-max foreground class, 1..C
     roi_deltas: Tensor       # [P, 4] deltas of that class (model.roi_heads.box_coder, weights 10,10,5,5)
     roi_fg: Tensor           # [P] 1 - p_background at temperature 1: the RoI weight of SED_NOTES section 3
@@ -73,8 +75,9 @@ def predict_soft(teacher, weak_batch, cfg):
     detections = None
     if cfg.hard_pseudo_labels or not cfg.distill:  # = teacher.detect(weak_batch), reusing the features
         detections = teacher.roi_heads.detect(feats, all_proposals, weak_batch.image_sizes)
+    sharpen = cfg.target_sharpen  # design choice (SED_NOTES "Known failure mode"): < 1 sharpens the targets
     return SoftTargets(
-        rpn_prob=obj.sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes, proposals=proposals,
-        roi_probs=(class_logits / cfg.distill_temperature).softmax(dim=1), roi_labels=labels,
+        rpn_prob=obj.sigmoid(), rpn_target=(obj / sharpen).sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes, proposals=proposals,
+        roi_probs=(class_logits / (cfg.distill_temperature * sharpen)).softmax(dim=1), roi_labels=labels,
         roi_deltas=class_deltas(box_deltas, labels), roi_fg=1 - probs[:, 0],
         features=feats, detections=detections)

@@ -1,10 +1,8 @@
 """Every command turns a user error into one line `error: <file or flag>: <problem>` on stderr and a
 non-zero exit, without a traceback (sed/errors.py), on tiny synthetic data.
 
-Each bad input runs the command's `main` in this process (SystemExit with the code, stderr
-captured: the same path as the command line, where only an uncaught exception would print a
-traceback); one bad input per command runs as a real subprocess (each pays seconds for importing
-torch, so not all of them: the suite must stay under 10 minutes on 2 shared cores)."""
+Each bad input runs the command as a real subprocess, two at a time (each pays a few seconds for
+importing torch); the checkpoint they share is trained in this process."""
 import json
 import os
 import shutil
@@ -20,7 +18,6 @@ import torch
 
 from sed.checkpoint import load_checkpoint
 from sed.data import CocoDetection, TrainBatchSampler
-from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SED_DEBUG": ""}
@@ -42,8 +39,8 @@ def run(args, timeout=300):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=3, seed=0, image_size=64)
+def data(tiny_coco):
+    return tiny_coco
 
 
 @pytest.fixture(scope="module")
@@ -123,37 +120,14 @@ def bad_inputs(data, ckpt, tmp):
     return cases
 
 
-SUBPROCESS = ["train: annotation file is not JSON", "eval: checkpoint that would run code",
-              "synthetic: bad size", "plot: not a run folder", "export: foreign checkpoint"]
-
-
-def run_in_process(args, capsys):
-    """The command's main(argv) here -> a CompletedProcess-like (returncode, stdout, stderr)."""
-    import importlib
-    if args[0] == "-m":
-        main, argv = importlib.import_module(args[1]).main, args[2:]
-    else:
-        main, argv = (_train_module() if args[0] == "train.py" else _eval_module()).main, args[1:]
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main(argv)
-    captured = capsys.readouterr()
-    return subprocess.CompletedProcess(args, stop.value.code, captured.out, captured.err)
-
-
 @pytest.fixture(scope="module")
 def results(data, ckpt, tmp_path_factory):
     """{case: (subprocess result or None, argv, what the line names)}, tmp."""
     tmp = tmp_path_factory.mktemp("bad")
     cases = bad_inputs(data, ckpt, tmp)
     with ThreadPoolExecutor(2) as pool:
-        done = dict(zip(SUBPROCESS, pool.map(run, [cases[name][0] for name in SUBPROCESS])))
-    return {name: (done.get(name), argv, named) for name, (argv, named) in cases.items()}, tmp
-
-
-def result_of(results, case, capsys):
-    done, argv, named = results[0][case]
-    return (done or run_in_process(argv, capsys)), named
+        done = dict(zip(cases, pool.map(run, [argv for argv, _ in cases.values()])))
+    return {name: (done[name], named) for name, (_, named) in cases.items()}, tmp
 
 
 CASES = ["train: annotation file is not JSON", "train: unknown category id", "train: malformed bbox",
@@ -167,8 +141,8 @@ CASES = ["train: annotation file is not JSON", "train: unknown category id", "tr
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_one_line_error(results, case, capsys):
-    result, named = result_of(results, case, capsys)
+def test_one_line_error(results, case):
+    result, named = results[0][case]
     lines = result.stderr.splitlines()
     if "--verify-images" in result.args:  # its progress bar comes first
         lines = [line for line in lines if not line.startswith("verifying images:") and line]
@@ -177,10 +151,10 @@ def test_one_line_error(results, case, capsys):
     assert named in lines[0] and "Traceback" not in result.stderr
 
 
-def test_exact_lines(data, ckpt, results, capsys):
+def test_exact_lines(data, ckpt, results):
     """The messages of a few cases, in full: the first thing on the line is the file or flag."""
     _, tmp = results
-    res = {case: result_of(results, case, capsys) for case in (
+    res = {case: results[0][case] for case in (
         "train: missing image file", "train: image size disagrees with the JSON", "train: bad flag value",
         "eval: checkpoint that would run code", "train: resume from a checkpoint with other classes")}
     assert res["train: missing image file"][0].stderr == (
@@ -270,10 +244,6 @@ def _script(name):
 
 def _train_module():
     return _script("train")
-
-
-def _eval_module():
-    return _script("eval")
 
 
 def test_cuda_out_of_memory_names_the_memory_flags(data, tmp_path, monkeypatch, capsys):

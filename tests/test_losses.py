@@ -9,8 +9,8 @@ import torch
 
 import sed
 from sed.config import TrainConfig
-from sed.losses import (SEDObjective, foreground_weights, roi_distillation_loss, rpn_distillation_loss,
-                        sed_losses, unsup_weight_at, weighted_mean)
+from sed.losses import (SEDObjective, classification_mean, foreground_weights, roi_distillation_loss,
+                        rpn_distillation_loss, sed_losses, unsup_weight_at, weighted_mean)
 from sed.roi_heads import class_deltas
 from sed.teacher import make_teacher, predict_soft
 from sed.views import make_views
@@ -48,6 +48,21 @@ def test_weighted_mean_detaches_the_weights():
     out = weighted_mean(torch.tensor([1.0, 2.0], requires_grad=True), w)
     out.backward()
     assert w.grad is None
+
+
+def test_split_normalisation_gives_foreground_and_background_half_each():
+    # p_fg [0.9, 0.6 | 0.1, 0.1, 0.2] with w = p: foreground (0.9*1 + 0.6*2) / 1.5 = 1.4,
+    # background (0.1*4 + 0.1*4 + 0.2*1) / 0.4 = 2.5; split = (1.4 + 2.5) / 2, weight = 3.1 / 1.9
+    loss, p = torch.tensor([1.0, 2.0, 4.0, 4.0, 1.0]), torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2])
+    split = classification_mean(loss, p, p, TrainConfig(distill_norm="split"))
+    assert split.item() == pytest.approx((1.4 + 2.5) / 2, rel=1e-5)
+    assert classification_mean(loss, p, p, TrainConfig()).item() == pytest.approx(3.1 / 1.9, rel=1e-5)
+
+
+def test_split_normalisation_without_foreground_is_half_the_background_mean():
+    loss, p = torch.tensor([1.0, 3.0]), torch.tensor([0.1, 0.3])
+    split = classification_mean(loss, p, p, TrainConfig(distill_norm="split"))
+    assert split.item() == pytest.approx(0.5 * (0.1 + 0.9) / 0.4, rel=1e-5)
 
 
 def test_foreground_weights_gamma_floor_detached():

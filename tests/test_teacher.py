@@ -84,3 +84,19 @@ def test_predict_soft_shapes_and_values():
     for mine, ref in zip(soft.detections, teacher.detect(weak)):
         assert torch.equal(mine["boxes"], ref["boxes"]) and torch.equal(mine["labels"], ref["labels"])
     assert predict_soft(teacher, weak, TrainConfig()).detections is None  # not needed: not computed
+
+
+def test_target_sharpen_divides_the_teacher_logits_and_leaves_the_weights():
+    torch.manual_seed(0)
+    model = sed.build_model(num_classes=3, backbone="resnet18", backbone_weights=None, min_size=64, max_size=128)
+    teacher = make_teacher(model)
+    cfg = TrainConfig(teacher_proposals=8, distill_temperature=2.0, target_sharpen=0.5)
+    weak, _, _ = make_views(model, [torch.rand(3, 64, 64)], cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    plain = predict_soft(teacher, weak, TrainConfig(teacher_proposals=8, distill_temperature=2.0))
+    assert torch.equal(soft.rpn_prob, plain.rpn_prob) and torch.equal(soft.roi_fg, plain.roi_fg)  # weights
+    assert torch.equal(plain.rpn_target, plain.rpn_prob)  # target_sharpen 1: the probabilities
+    logit = torch.logit(plain.rpn_prob.double())
+    assert torch.allclose(soft.rpn_target.double(), (2 * logit).sigmoid(), atol=1e-5)
+    logits, _ = teacher.roi_heads.predict(soft.features, soft.proposals)
+    assert torch.allclose(soft.roi_probs, (logits / (2.0 * 0.5)).softmax(1), atol=1e-6)

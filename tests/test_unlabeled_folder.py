@@ -16,8 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return generate(tmp_path_factory.mktemp("shapes"), num_train=8, num_val=3, seed=0, image_size=64)
+def data(tiny_coco):
+    return tiny_coco
 
 
 @pytest.fixture(scope="module")
