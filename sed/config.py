@@ -98,7 +98,8 @@ class TrainConfig:
                                   "divided by this (RPN objectness and RoI classes); < 1 sharpens them, "
                                   "1 = its probabilities", 1.0)
     distill_reg_weight: float = _help("design choice: weight of the box-delta distillation terms (RPN and RoI, "
-                                      "self-distillation and scale) against the classification terms", 1.0)
+                                      "self-distillation and scale) against the classification terms; 0 (the "
+                                      "default, README \"Experiment\") leaves boxes to the supervised loss", 0.0)
     distill_reg_threshold: float = _help("distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("teacher proposals per image used as RoIs for distillation", 512)

@@ -77,7 +77,8 @@ def predict_soft(teacher, weak_batch, cfg):
         detections = teacher.roi_heads.detect(feats, all_proposals, weak_batch.image_sizes)
     sharpen = cfg.target_sharpen  # design choice (SED_NOTES "Known failure mode"): < 1 sharpens the targets
     return SoftTargets(
-        rpn_prob=obj.sigmoid(), rpn_target=(obj / sharpen).sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes, proposals=proposals,
+        rpn_prob=obj.sigmoid(), rpn_target=(obj / sharpen).sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes,
+        proposals=proposals,
         roi_probs=(class_logits / (cfg.distill_temperature * sharpen)).softmax(dim=1), roi_labels=labels,
         roi_deltas=class_deltas(box_deltas, labels), roi_fg=1 - probs[:, 0],
         features=feats, detections=detections)

@@ -114,6 +114,9 @@ def bad_inputs(data, ckpt, tmp):
         "synthetic: bad size": (["-m", "sed.synthetic", str(tmp / "syn"), "--image-size", "4"], "--image-size"),
         "synthetic: output is a file": (["-m", "sed.synthetic", str(tmp / "file")], str(tmp / "file")),
         "plot: not a run folder": (["-m", "sed.plot", str(tmp / "no_run")], "no_run"),
+        "torchrun train: annotation file is not JSON": (
+            ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+             *train_args(data, out, *ann("not_json.json"))], "not_json.json"),
         "export: foreign checkpoint": (["-m", "sed.export", str(tmp / "torchvision.pth"), str(tmp / "x.pth")],
                                        "torchvision.pth"),
     }
@@ -149,6 +152,16 @@ def test_one_line_error(results, case):
     assert result.returncode in (1, 2), result.stderr
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     assert named in lines[0] and "Traceback" not in result.stderr
+
+
+def test_under_torchrun_the_worker_prints_one_line_before_torchrun_s_report(results):
+    """Under torchrun the worker's line is the same one line, with no traceback of ours; torchrun
+    itself then reports the failed worker (its own ChildFailedError summary, which a worker cannot
+    suppress: README "Data")."""
+    result, named = results[0]["torchrun train: annotation file is not JSON"]
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode != 0 and len(ours) == 1 and named in ours[0], result.stderr
+    assert 'File "' + str(ROOT / "train.py") not in result.stderr and "ChildFailedError" in result.stderr
 
 
 def test_exact_lines(data, ckpt, results):

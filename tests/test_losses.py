@@ -17,7 +17,7 @@ from sed.views import make_views
 
 LN2 = math.log(2)
 BETA = 1 / 9  # smooth L1 beta (torchvision)
-ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0)  # box deltas distilled wherever the weight is > 0
+ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0, distill_reg_weight=1.0)  # box deltas distilled wherever w > 0
 
 
 def smooth_l1(x):
@@ -104,6 +104,10 @@ def test_rpn_distillation_hand_values():
     cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, p, dataclasses.replace(ALL_DELTAS, reweight=False))
     assert cls_loss.item() == pytest.approx((bce[0] + bce[1]) / 2, rel=1e-5)
     assert reg_loss.item() == pytest.approx((0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
+    cls_loss, reg_loss = rpn_distillation_loss(logits, deltas, p, teacher_deltas, p,
+                                               dataclasses.replace(ALL_DELTAS, distill_reg_weight=0.1))
+    assert cls_loss.item() == pytest.approx((0.25 * bce[0] + 0.5 * bce[1]) / 0.75, rel=1e-5)
+    assert reg_loss.item() == pytest.approx(0.1 * (0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
 
 
 def test_rpn_distillation_at_the_teacher_has_zero_gradient_and_entropy_value():
@@ -136,7 +140,8 @@ def test_roi_distillation_hand_values_with_temperature():
     box_deltas = torch.arange(12.0).reshape(1, 12) / 10  # class 2 deltas = [0.8, 0.9, 1.0, 1.1]
     soft = roi_targets(torch.tensor([[0.5, 0.25, 0.25]]), torch.tensor([2]),
                        torch.tensor([[0.8, 0.9, 1.0, 0.0]]), torch.tensor([0.5]))
-    cls_loss, reg_loss = roi_loss(class_logits, box_deltas, soft, TrainConfig(distill_temperature=2.0))
+    cfg = TrainConfig(distill_temperature=2.0, distill_reg_weight=1.0)
+    cls_loss, reg_loss = roi_loss(class_logits, box_deltas, soft, cfg)
     assert cls_loss.item() == pytest.approx(LN2, rel=1e-5)
     assert reg_loss.item() == pytest.approx(smooth_l1(1.1), rel=1e-5)  # a single RoI: weight cancels
 

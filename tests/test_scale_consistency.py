@@ -53,7 +53,8 @@ def shifted_soft(student, batch, small, proposals):
     B = obj.shape[0]
     probs, labels = logits.softmax(1), logits[:, 1:].argmax(1) + 1
     rows = torch.arange(len(labels))
-    return dict(rpn_prob=torch.cat([torch.full((B, n_orig_p2), 0.5), obj[:, :-n_small_p6].sigmoid()], 1),
+    rpn_prob = torch.cat([torch.full((B, n_orig_p2), 0.5), obj[:, :-n_small_p6].sigmoid()], 1)
+    return dict(rpn_prob=rpn_prob, rpn_target=rpn_prob,
                 rpn_deltas=torch.cat([torch.zeros(B, n_orig_p2, 4), deltas[:, :-n_small_p6]], 1),
                 level_sizes=[n_orig_p2] + [3 * f.shape[-2] * f.shape[-1] for f in feats[:-1]],
                 proposals=proposals, roi_probs=probs, roi_labels=labels, roi_fg=1 - probs[:, 0],
@@ -62,7 +63,7 @@ def shifted_soft(student, batch, small, proposals):
 
 def test_scale_loss_compares_small_p2_p5_with_original_p3_p6_and_boxes_halved(model, batches):
     batch, small_batch = batches
-    cfg = TrainConfig(teacher_proposals=16, reweight=False, scale_target="teacher")
+    cfg = TrainConfig(teacher_proposals=16, reweight=False, scale_target="teacher", distill_reg_weight=1.0)
     soft = predict_soft(make_teacher(model), batch, cfg)
     targets = dataclasses.replace(soft, **shifted_soft(model, batch, small_batch, soft.proposals))
     model.zero_grad()
@@ -88,7 +89,8 @@ def hand_outputs(level_sizes, num_rois, seed):
 def hand_soft(level_sizes, num_rois):
     """Teacher targets of which the student-target modes use only the weights (rpn_prob, roi_fg)."""
     R = sum(level_sizes)
-    return SimpleNamespace(level_sizes=level_sizes, rpn_prob=torch.linspace(0.05, 0.95, R)[None],
+    rpn_prob = torch.linspace(0.05, 0.95, R)[None]
+    return SimpleNamespace(level_sizes=level_sizes, rpn_prob=rpn_prob, rpn_target=rpn_prob,
                            rpn_deltas=torch.zeros(1, R, 4), roi_probs=torch.full((num_rois, 4), 0.25),
                            roi_deltas=torch.zeros(num_rois, 4), roi_fg=torch.linspace(0.1, 0.9, num_rois))
 
@@ -100,7 +102,7 @@ def test_student_target_is_the_full_size_output_at_shifted_levels():
     small = hand_outputs(small_sizes, 5, seed=1)
     small.obj[:, :17], small.deltas[:, :17] = full.obj[:, 48:], full.deltas[:, 48:]  # small P2-P5 = full P3-P6
     small.class_logits, small.box_deltas = full.class_logits.clone(), full.box_deltas.clone()
-    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target="student"))
+    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target="student", distill_reg_weight=1.0))
     q, w = full.obj[0, 48:].sigmoid(), soft.rpn_prob[0, 48:]  # targets, and teacher objectness as weights
     entropy = -(q * q.log() + (1 - q) * (1 - q).log())
     assert losses["loss_scale_rpn_cls"].item() == pytest.approx(((w * entropy).sum() / w.sum()).item(), rel=1e-5)
@@ -118,7 +120,7 @@ def test_which_branch_receives_gradient(mode, full_gets_gradient):
                 small.obj, small.deltas, small.class_logits, small.box_deltas]
     for t in branches:
         t.requires_grad_(True)
-    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target=mode))
+    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target=mode, distill_reg_weight=1.0))
     grads = torch.autograd.grad(sum(losses.values()), branches, allow_unused=True)
     assert all(g is not None and g.abs().sum() > 0 for g in grads[4:])  # the 0.5x branch always learns
     if full_gets_gradient:
@@ -129,7 +131,8 @@ def test_which_branch_receives_gradient(mode, full_gets_gradient):
 
 @pytest.mark.parametrize("mode", ["student", "mutual", "teacher"])
 def test_the_teacher_never_receives_gradient(model, mode):
-    cfg = TrainConfig(teacher_proposals=16, scale_target=mode, distill=False, hard_pseudo_labels=False)
+    cfg = TrainConfig(teacher_proposals=16, scale_target=mode, distill=False, hard_pseudo_labels=False,
+                      distill_reg_weight=1.0)
     teacher = make_teacher(model)
     weak, strong, small = make_views(model, [torch.rand(3, 70, 100)], cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
