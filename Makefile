@@ -33,8 +33,8 @@ DEMO_FAMILY ?= easy
 DEMO_TRAIN ?= 800
 DEMO_VAL ?= 100
 DEMO_SIZE ?= 64
-DEMO_BURN_IN ?= 300
-DEMO_ITERS ?= 400
+DEMO_BURN_IN ?= 600
+DEMO_ITERS ?= 900
 DEMO_WORKERS ?= 0
 DEMO_DEVICE ?= cpu
 
@@ -46,8 +46,8 @@ demo: $(STAMP)
 		--val-ann $(DEMO_DATA)/annotations/val.json --val-images $(DEMO_DATA)/val \
 		--backbone resnet18 --backbone-weights none --trainable-layers 5 \
 		--min-size $(DEMO_SIZE) --max-size $$(( $(DEMO_SIZE) * 2 )) --anchor-sizes 16 32 64 128 256 \
-		--rpn-proposals 256 128 --roi-batch-size 64 --box-head-dim 256 --teacher-proposals 32 \
-		--max-iter $(DEMO_ITERS) --batch-size 4 --unlabeled-batch-size 4 --lr 0.01 --grad-clip 10 \
+		--rpn-proposals 256 128 --roi-batch-size 64 --box-head-dim 256 --fpn-channels 64 \
+		--teacher-proposals 32 --max-iter $(DEMO_ITERS) --batch-size 4 --unlabeled-batch-size 4 --lr 0.01 --grad-clip 10 \
 		--warmup-iters 50 --lr-steps $$(( $(DEMO_ITERS) * 3 / 4 )) --burn-in-iters $(DEMO_BURN_IN) \
 		--rampup-iters 50 --unsup-weight 1 --ema-momentum 0.99 --diagnostics-images 32 --eval-every 0 \
 		--checkpoint-every 100 --log-every 10 --workers $(DEMO_WORKERS) --device $(DEMO_DEVICE) \
