@@ -1,6 +1,6 @@
 """The SSOD ablation at CPU scale, as the paper builds it up, over several seeds.
 
-    python -m sed.experiment                         (make experiment: every row, seeds 0 1 2)
+    python -m sed.experiment                         (every row, seeds 0 1 2; make experiment: in order)
     python -m sed.experiment --seeds 0               (one seed now, `--seeds 1 2` another day)
     python -m sed.experiment --render                (results.md and the chart from the saved runs)
     python -m sed.experiment --family rings --rows supervised teacher_student sed   (unseen data)
@@ -94,7 +94,7 @@ def common_flags(args, data, seed):
 
 
 def sed_flags(args):
-    """The semi-supervised rows: train.py's SED defaults except what a 200-iteration CPU run needs
+    """The semi-supervised rows: train.py's SED defaults except what a 300-iteration CPU run needs
     (design choices: lambda_u 1 with a 50-iteration ramp, EMA 0.99 so the teacher moves within the run,
     32 teacher proposals per 128 px image)."""
     return ["--method", "sed", "--unlabeled-batch-size", "4", "--teacher-proposals", "32",
