@@ -98,8 +98,7 @@ def rpn_distillation_loss(logits, deltas, target_prob, target_deltas, p_fg, cfg)
     """
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg)
     bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target_prob.reshape(-1), reduction="none")
-    reg = smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4))
-    reg = cfg.distill_reg_weight * weighted_mean(reg, w_reg)
+    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4)), w_reg)
     return classification_mean(bce, w_cls, p_fg.reshape(-1), cfg), reg
 
 
