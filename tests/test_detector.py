@@ -264,3 +264,13 @@ def test_group_norm_backbone_for_training_from_scratch():
     assert len(blocks) == 8 and all(torch.equal(b.bn2.weight, torch.zeros_like(b.bn2.weight)) for b in blocks)
     with pytest.raises(ValueError, match="frozen_bn"):
         BackboneFPN("resnet18", "imagenet", norm="group")
+
+
+def test_fpn_channels_set_the_width_of_every_level_the_rpn_and_the_box_head():
+    model = tiny_model(fpn_channels=64).train()
+    feats = model.features(torch.rand(1, 3, 96, 96))
+    assert [f.shape[1] for f in feats] == [64] * 5
+    assert model.rpn.head.conv.in_channels == 64
+    assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
+    target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}
+    assert all(torch.isfinite(v) for v in model([torch.rand(3, 96, 96)], [target]).values())
