@@ -14,6 +14,7 @@ import torch
 from sed.checkpoint import load_checkpoint
 from sed.config import from_dict
 from sed.errors import ArgumentParser, UserError, user_errors
+from sed.backbone import GROUPS
 from sed.model import TORCHVISION_NAMES, rename_prefixes
 
 TORCHVISION_ANCHORS = (32, 64, 128, 256, 512)  # fasterrcnn_resnet50_fpn's default, one size per level
@@ -25,15 +26,35 @@ def to_torchvision(state_dict):
 
 
 def torchvision_constructor(cfg):
-    """The Python line that builds the torchvision model the exported file fits (eval settings)."""
-    options = [f"num_classes={cfg.num_classes + 1}", f"min_size={cfg.min_size[-1]}", f"max_size={cfg.max_size}"]
+    """The Python line that builds the torchvision model the exported file fits (eval settings).
+
+    torchvision's resnet_fpn_backbone has 256 FPN channels and no flag for others: a checkpoint trained
+    with another --fpn-channels has no torchvision equivalent (UserError)."""
+    if cfg.fpn_channels != 256:
+        raise UserError(f"this checkpoint has a {cfg.fpn_channels}-channel FPN (--fpn-channels); torchvision's "
+                        "resnet_fpn_backbone has 256 channels, so it cannot be exported")
+    backbone = f"backbone_name={cfg.backbone!r}, weights=None"
+    if cfg.backbone_norm == "group":
+        backbone += f", norm_layer=lambda c: torch.nn.GroupNorm({GROUPS}, c)"
+    if cfg.box_head_dim == 1024:  # FasterRCNN's own TwoMLPHead width
+        options = [f"num_classes={cfg.num_classes + 1}"]
+    else:
+        options = [f"box_head=TwoMLPHead(256 * 7 ** 2, {cfg.box_head_dim})",
+                   f"box_predictor=FastRCNNPredictor({cfg.box_head_dim}, {cfg.num_classes + 1})"]
+    options += [f"min_size={cfg.min_size[-1]}", f"max_size={cfg.max_size}"]
     if cfg.rpn_proposals[1] != 1000:  # torchvision's eval default, before and after NMS
         options += [f"rpn_pre_nms_top_n_test={cfg.rpn_proposals[1]}", f"rpn_post_nms_top_n_test={cfg.rpn_proposals[1]}"]
     if tuple(cfg.anchor_sizes) != TORCHVISION_ANCHORS:
         options.append("rpn_anchor_generator=AnchorGenerator("
                        f"{tuple((s,) for s in cfg.anchor_sizes)}, ((0.5, 1.0, 2.0),) * 5)")
-    return (f"FasterRCNN(resnet_fpn_backbone(backbone_name={cfg.backbone!r}, weights=None), "
-            f"{', '.join(options)})")
+    return f"FasterRCNN(resnet_fpn_backbone({backbone}), {', '.join(options)})"
+
+
+IMPORTS = """import torch
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead"""
 
 
 def main(argv=None):
@@ -49,11 +70,12 @@ def main(argv=None):
         which = args.model or ("teacher" if "teacher" in ckpt else "student")
         if which == "teacher" and "teacher" not in ckpt:
             raise UserError(f"{args.ckpt}: has no teacher weights (supervised run); use --model student")
-        torch.save(to_torchvision(ckpt["model" if which == "student" else "teacher"]), args.out)
         cfg = from_dict(ckpt["config"])
-        print(f"{args.ckpt} ({which}, iteration {ckpt['iteration']}) -> {args.out}; load it with\n"
-              f"  model = torchvision.models.detection.{torchvision_constructor(cfg)}\n"
-              f"  model.load_state_dict(torch.load({args.out!r}))  # labels 1..{cfg.num_classes}: "
+        constructor = torchvision_constructor(cfg)
+        torch.save(to_torchvision(ckpt["model" if which == "student" else "teacher"]), args.out)
+        print(f"{args.ckpt} ({which}, iteration {ckpt['iteration']}) -> {args.out}; load it with\n{IMPORTS}\n"
+              f"model = {constructor}\n"
+              f"model.load_state_dict(torch.load({args.out!r}))  # labels 1..{cfg.num_classes}: "
               "the checkpoint's class_names / label_to_cat_id")
 
 

@@ -83,3 +83,47 @@ def test_supervised_checkpoint_has_no_teacher(ckpt, tmp_path, capsys):
     assert stop.value.code == 1
     assert capsys.readouterr().err == (f"error: {tmp_path / 'sup.pt'}: has no teacher weights (supervised run); "
                                        "use --model student\n")
+
+
+def printed_model(printed):
+    """Run the Python lines export prints (imports and `model = ...`), return that model."""
+    code = printed.split("load it with\n", 1)[1].rsplit("\nmodel.load_state_dict", 1)[0]
+    scope = {}
+    exec(code, scope)
+    return scope["model"]
+
+
+def test_printed_constructor_fits_group_norm_and_narrow_box_head(tmp_path, capsys):
+    """A from-scratch checkpoint (GroupNorm, --box-head-dim 256, other anchors): the printed Python
+    builds a torchvision model that takes the file strictly and gives our detections."""
+    options = dict(backbone="resnet18", backbone_norm="group", box_head_dim=256, anchor_sizes=(16, 32, 64, 128, 256),
+                   rpn_proposals=(256, 128))
+    config = dataclasses.asdict(TrainConfig(num_classes=3, backbone_weights="none", min_size=(128,), max_size=160,
+                                            **options))
+    torch.manual_seed(0)
+    ours = sed.build_model(3, min_size=(128,), max_size=160, backbone_weights="none", **options).eval()
+    with torch.no_grad():
+        ours.roi_heads.predictor.cls_score.bias.normal_(0, 3)
+        ours.rpn.head.objectness.bias.normal_(0, 1)
+    save_checkpoint(tmp_path / "last.pt", {"model": ours.state_dict(), "iteration": 3, "config": config})
+    export.main([str(tmp_path / "last.pt"), str(tmp_path / "tv.pth")])
+    theirs = printed_model(capsys.readouterr().out)
+    theirs.load_state_dict(torch.load(tmp_path / "tv.pth", weights_only=True))  # strict
+    images = [torch.rand(3, 128, 150)]
+    with torch.no_grad():
+        expected, got = theirs.eval()(images)[0], ours(images)[0]
+    assert len(got["boxes"]) > 10
+    torch.testing.assert_close(got["boxes"], expected["boxes"])
+    torch.testing.assert_close(got["scores"], expected["scores"])
+
+
+def test_narrow_fpn_is_a_one_line_error(ckpt, tmp_path, capsys):
+    state = torch.load(ckpt, weights_only=True)
+    state["config"] = {**state["config"], "fpn_channels": 64}
+    save_checkpoint(tmp_path / "fpn64.pt", state)
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(tmp_path / "fpn64.pt"), str(tmp_path / "x.pth")])
+    assert stop.value.code == 1
+    assert capsys.readouterr().err == ("error: this checkpoint has a 64-channel FPN (--fpn-channels); torchvision's "
+                                       "resnet_fpn_backbone has 256 channels, so it cannot be exported\n")
+    assert not (tmp_path / "x.pth").exists()
