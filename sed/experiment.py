@@ -22,8 +22,9 @@ Seed k draws the labeled split (--split-seed k + 1) and the initialisation and d
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
 COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit and the exact
-flags); runs whose file exists are skipped, and results.md and results.png are rendered from all the
-files, so seeds can be added one at a time. Runs go --parallel at a time with one thread each.
+flags); runs whose file exists are skipped (a file from other settings is a one-line error), and
+results.md and results.png are rendered from all the files, so seeds can be added one at a time.
+Runs go --parallel at a time with one thread each.
 """
 import argparse
 import json
@@ -67,8 +68,8 @@ def parse_args(argv):
     p.add_argument("--num-val", type=int, default=200)
     p.add_argument("--image-size", type=int, default=128, help="a multiple of 64: the views pad to 64")
     p.add_argument("--labeled-percent", type=float, default=10)
-    p.add_argument("--iters", type=int, default=600, help="total iterations of every run")
-    p.add_argument("--burn-in", type=int, default=300, help="supervised iterations shared by a seed's rows")
+    p.add_argument("--iters", type=int, default=900, help="total iterations of every run")
+    p.add_argument("--burn-in", type=int, default=600, help="supervised iterations shared by a seed's rows")
     p.add_argument("--sed-flags", nargs=argparse.REMAINDER, default=[],
                    help="extra train.py flags for every semi-supervised row (last; for tuning)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -94,7 +95,7 @@ def common_flags(args, data, seed):
 
 
 def sed_flags(args):
-    """The semi-supervised rows: train.py's SED defaults except what a 300-iteration CPU run needs
+    """The semi-supervised rows: train.py's SED defaults except what a 300-iteration CPU SED phase needs
     (design choices: lambda_u 1 with a 50-iteration ramp, EMA 0.99 so the teacher moves within the run,
     32 teacher proposals per 128 px image)."""
     return ["--method", "sed", "--unlabeled-batch-size", "4", "--teacher-proposals", "32",
@@ -128,37 +129,70 @@ def run_record(run_dir, row, seed, cmd, minutes):
             "command": ["python", *cmd]}
 
 
+PATH_FLAGS = {"--train-ann", "--train-images", "--val-ann", "--val-images", "--out", "--resume", "--device"}
+
+
+def settings(cmd):
+    """A train.py command without its paths and device: what a saved run must share with the run it
+    stands for (image size, split, seed, schedule, SED flags...)."""
+    kept, skip = [], False
+    for token in cmd:
+        if not skip and token not in PATH_FLAGS:
+            kept.append(token)
+        skip = token in PATH_FLAGS
+    return kept
+
+
+def saved_run_matches(path, cmd):
+    """True if RESULTS/<row>_seed<k>.json exists and ran with cmd's settings; False if it does not exist.
+    A file from other settings is a one-line error, not silently mixed into the table."""
+    if not path.exists():
+        return False
+    if settings(json.loads(path.read_text())["command"][1:]) != settings(cmd):
+        raise SystemExit(f"error: {path} was run with other settings than {' '.join(settings(cmd))}; "
+                         "move it away or choose another --results folder")
+    return True
+
+
+def burn_in_command(args, data, seed, out):
+    return ["train.py", *common_flags(args, data, seed), "--max-iter", str(args.burn_in),
+            "--out", str(out / f"seed{seed}" / "burn_in")]
+
+
+def row_command(args, data, row, seed, out):
+    cmd = ["train.py", *common_flags(args, data, seed), "--max-iter", str(args.iters),
+           "--out", str(out / f"seed{seed}" / row), "--resume", str(out / f"seed{seed}" / "burn_in.pt")]
+    return cmd + ([*sed_flags(args), *ROWS[row]] if ROWS[row] is not None else [])
+
+
 def train_all(args, results):
-    """Burn-ins first (one per seed), then every (row, seed) without a result file, --parallel at a time."""
+    """Burn-ins first (one per seed), then every (row, seed) without a result file, --parallel at a time.
+    A burn-in checkpoint is reused only if burn_in.json beside it records the same settings."""
     out = Path(args.out) / args.family
     data = generate(out / "data", args.num_train, args.num_val, seed=0, image_size=args.image_size,
                     height_ratios=(1.0,), family=args.family)  # square: the 64-padded views waste no pixels
     todo = [(row, seed) for seed in args.seeds for row in args.rows
-            if not (results / f"{row}_seed{seed}.json").exists()]
-    burn_ins = {seed: out / f"seed{seed}" / "burn_in.pt" for seed in {s for _, s in todo}}
+            if not saved_run_matches(results / f"{row}_seed{seed}.json", row_command(args, data, row, seed, out))]
 
     def burn_in(seed):
-        if burn_ins[seed].exists():
+        cmd, ckpt = burn_in_command(args, data, seed, out), out / f"seed{seed}" / "burn_in.pt"
+        stamp = ckpt.with_suffix(".json")
+        if ckpt.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings(cmd):
             return
-        run_dir = out / f"seed{seed}" / "burn_in"
-        run(["train.py", *common_flags(args, data, seed), "--max-iter", str(args.burn_in), "--out", str(run_dir)],
-            out / f"seed{seed}" / "burn_in.log")
-        shutil.copy(run_dir / "last.pt", burn_ins[seed])
+        run(cmd, out / f"seed{seed}" / "burn_in.log")
+        shutil.copy(out / f"seed{seed}" / "burn_in" / "last.pt", ckpt)
+        stamp.write_text(json.dumps(settings(cmd)))
 
     def train(row, seed):
-        run_dir = out / f"seed{seed}" / row
-        cmd = ["train.py", *common_flags(args, data, seed), "--max-iter", str(args.iters), "--out", str(run_dir),
-               "--resume", str(burn_ins[seed])]
-        if ROWS[row] is not None:
-            cmd += [*sed_flags(args), *ROWS[row]]
+        cmd = row_command(args, data, row, seed, out)
         start = time.time()
         run(cmd, out / f"seed{seed}" / f"{row}.log")
-        record = run_record(run_dir, row, seed, cmd, (time.time() - start) / 60)
+        record = run_record(out / f"seed{seed}" / row, row, seed, cmd, (time.time() - start) / 60)
         (results / f"{row}_seed{seed}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"{row} seed {seed}: AP {record['metrics']['AP']:.1f} ({record['minutes']} min)", flush=True)
 
     with ThreadPoolExecutor(args.parallel) as pool:
-        for future in [pool.submit(burn_in, seed) for seed in burn_ins]:
+        for future in [pool.submit(burn_in, seed) for seed in sorted({s for _, s in todo})]:
             future.result()
         for future in [pool.submit(train, row, seed) for row, seed in todo]:
             future.result()

@@ -1,7 +1,9 @@
 """sed.experiment's tables: paired per-seed gains, mean +- std, rendered from the saved run files."""
 import json
 
-from sed.experiment import gain, load_results, render_markdown
+import pytest
+
+from sed.experiment import gain, load_results, render_markdown, saved_run_matches, settings
 
 
 def write_run(folder, row, seed, ap):
@@ -32,3 +34,19 @@ def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path)
     assert row["sed"].endswith("| 2.0 ± 1.0 | teacher_student |")          # gains 3, 2, 1
     assert row["sed_mutual"].startswith("| sed_mutual | 1 | 14.0 |") and row["sed_mutual"].endswith("| -1.0 | sed |")
     assert "SED - supervised, AP: 4.0 ± 1.0" in lines
+
+
+def test_a_saved_run_is_reused_only_with_the_same_settings(tmp_path):
+    """Paths and device may differ (another machine, another --out); a flag that changes training may not."""
+    cmd = ["train.py", "--train-ann", "/a/train.json", "--seed", "0", "--max-iter", "900", "--out", "/a/sed",
+           "--device", "cpu", "--unsup-weight", "1"]
+    assert settings(cmd) == ["train.py", "--seed", "0", "--max-iter", "900", "--unsup-weight", "1"]
+    path = tmp_path / "sed_seed0.json"
+    assert not saved_run_matches(path, cmd)
+    moved = [t.replace("/a/", "/b/") for t in cmd]
+    moved[moved.index("cpu")] = "cuda"
+    path.write_text(json.dumps({"command": ["python", *moved]}))
+    assert saved_run_matches(path, cmd)
+    longer = [t if t != "900" else "600" for t in cmd]
+    with pytest.raises(SystemExit, match="sed_seed0.json was run with other settings"):
+        saved_run_matches(path, longer)
