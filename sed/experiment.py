@@ -165,12 +165,27 @@ def row_command(args, data, row, seed, out):
     return cmd + ([*sed_flags(args), *ROWS[row]] if ROWS[row] is not None else [])
 
 
+def prepare_data(args, folder):
+    """The family's synthetic data, generated once: data.json records what generated it, and another
+    invocation (even one running beside this one) reuses the files instead of rewriting them under
+    running trainings. Square images: the 64-padded views waste no pixels."""
+    spec = {"family": args.family, "num_train": args.num_train, "num_val": args.num_val,
+            "image_size": args.image_size}
+    stamp = folder / "data.json"
+    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+        return {"train_ann": folder / "annotations" / "train.json", "train_images": folder / "train",
+                "val_ann": folder / "annotations" / "val.json", "val_images": folder / "val"}
+    data = generate(folder, args.num_train, args.num_val, seed=0, image_size=args.image_size,
+                    height_ratios=(1.0,), family=args.family)
+    stamp.write_text(json.dumps(spec))
+    return data
+
+
 def train_all(args, results):
     """Burn-ins first (one per seed), then every (row, seed) without a result file, --parallel at a time.
     A burn-in checkpoint is reused only if burn_in.json beside it records the same settings."""
     out = Path(args.out) / args.family
-    data = generate(out / "data", args.num_train, args.num_val, seed=0, image_size=args.image_size,
-                    height_ratios=(1.0,), family=args.family)  # square: the 64-padded views waste no pixels
+    data = prepare_data(args, out / "data")
     todo = [(row, seed) for seed in args.seeds for row in args.rows
             if not saved_run_matches(results / f"{row}_seed{seed}.json", row_command(args, data, row, seed, out))]
 

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from sed.experiment import gain, load_results, render_markdown, saved_run_matches, settings
+from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
+                            settings)
 
 
 def write_run(folder, row, seed, ap):
@@ -50,3 +51,14 @@ def test_a_saved_run_is_reused_only_with_the_same_settings(tmp_path):
     longer = [t if t != "900" else "600" for t in cmd]
     with pytest.raises(SystemExit, match="sed_seed0.json was run with other settings"):
         saved_run_matches(path, longer)
+
+
+def test_the_data_is_generated_once_per_settings(tmp_path):
+    """A second invocation reuses the files (runs beside it may be reading them); other settings regenerate."""
+    args = parse_args(["--num-train", "3", "--num-val", "2", "--image-size", "64"])
+    first = prepare_data(args, tmp_path / "data")
+    image = first["train_images"] / "000000.png"
+    written = image.stat().st_mtime_ns
+    assert prepare_data(args, tmp_path / "data") == first and image.stat().st_mtime_ns == written
+    more = parse_args(["--num-train", "4", "--num-val", "2", "--image-size", "64"])
+    assert len(json.loads(prepare_data(more, tmp_path / "data")["train_ann"].read_text())["images"]) == 4
