@@ -11,10 +11,10 @@ weights_backbone=None)` builds trainable BatchNorm2d layers instead, whose state
 
 import torch
 
+from sed.backbone import GROUPS
 from sed.checkpoint import load_checkpoint
 from sed.config import from_dict
 from sed.errors import ArgumentParser, UserError, user_errors
-from sed.backbone import GROUPS
 from sed.model import TORCHVISION_NAMES, rename_prefixes
 
 TORCHVISION_ANCHORS = (32, 64, 128, 256, 512)  # fasterrcnn_resnet50_fpn's default, one size per level
