@@ -165,6 +165,11 @@ def row_command(args, data, row, seed, out):
     return cmd + ([*sed_flags(args), *ROWS[row]] if ROWS[row] is not None else [])
 
 
+def stamp_matches(stamp, value):
+    """True if the JSON file `stamp` exists and holds value: what made the files beside it."""
+    return stamp.exists() and json.loads(stamp.read_text()) == value
+
+
 def prepare_data(args, folder):
     """The family's synthetic data, generated once: data.json records what generated it, and another
     invocation (even one running beside this one) reuses the files instead of rewriting them under
@@ -172,7 +177,7 @@ def prepare_data(args, folder):
     spec = {"family": args.family, "num_train": args.num_train, "num_val": args.num_val,
             "image_size": args.image_size}
     stamp = folder / "data.json"
-    if stamp.exists() and json.loads(stamp.read_text()) == spec:
+    if stamp_matches(stamp, spec):
         return {"train_ann": folder / "annotations" / "train.json", "train_images": folder / "train",
                 "val_ann": folder / "annotations" / "val.json", "val_images": folder / "val"}
     data = generate(folder, args.num_train, args.num_val, seed=0, image_size=args.image_size,
@@ -191,12 +196,11 @@ def train_all(args, results):
 
     def burn_in(seed):
         cmd, ckpt = burn_in_command(args, data, seed, out), out / f"seed{seed}" / "burn_in.pt"
-        stamp = ckpt.with_suffix(".json")
-        if ckpt.exists() and stamp.exists() and json.loads(stamp.read_text()) == settings(cmd):
+        if ckpt.exists() and stamp_matches(ckpt.with_suffix(".json"), settings(cmd)):
             return
         run(cmd, out / f"seed{seed}" / "burn_in.log")
         shutil.copy(out / f"seed{seed}" / "burn_in" / "last.pt", ckpt)
-        stamp.write_text(json.dumps(settings(cmd)))
+        ckpt.with_suffix(".json").write_text(json.dumps(settings(cmd)))
 
     def train(row, seed):
         cmd = row_command(args, data, row, seed, out)
