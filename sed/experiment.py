@@ -27,6 +27,8 @@ results.md and results.png are rendered from all the files, so seeds can be adde
 Runs go --parallel at a time with one thread each.
 """
 import argparse
+import dataclasses
+import fcntl
 import json
 import os
 import shutil
@@ -39,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+import sed.config
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,30 +129,29 @@ def run_record(run_dir, row, seed, cmd, minutes):
     return {"row": row, "seed": seed, "model": model, "metrics": {k: metrics[k] for k in COLUMNS},
             "diagnostics": {k: diagnostics[-1].get(k) for k in DIAGNOSTICS} if diagnostics else {},
             "commit": commit + ("+uncommitted" if dirty else ""), "minutes": round(minutes, 1),
-            "command": ["python", *cmd]}
+            "command": ["python", *cmd], "settings": settings(cmd)}
 
 
-PATH_FLAGS = {"--train-ann", "--train-images", "--val-ann", "--val-images", "--out", "--resume", "--device"}
+RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
 
 
 def settings(cmd):
-    """A train.py command without its paths and device: what a saved run must share with the run it
-    stands for (image size, split, seed, schedule, SED flags...)."""
-    kept, skip = [], False
-    for token in cmd:
-        if not skip and token not in PATH_FLAGS:
-            kept.append(token)
-        skip = token in PATH_FLAGS
-    return kept
+    """The TrainConfig a train.py command resolves to, every field with defaults included, without its
+    paths and device: what a saved run must share with the run it stands for (image size, split, seed,
+    schedule, SED flags...). Defaults count: a run from before a default changed is another run."""
+    cfg = dataclasses.asdict(sed.config.parse_args(cmd[1:], check_files=False))
+    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RUN_FIELDS}))  # tuples as lists
 
 
 def saved_run_matches(path, cmd):
     """True if RESULTS/<row>_seed<k>.json exists and ran with cmd's settings; False if it does not exist.
-    A file from other settings is a one-line error, not silently mixed into the table."""
+    A file from other settings is a one-line error naming them, not silently mixed into the table."""
     if not path.exists():
         return False
-    if settings(json.loads(path.read_text())["command"][1:]) != settings(cmd):
-        raise SystemExit(f"error: {path} was run with other settings than {' '.join(settings(cmd))}; "
+    saved, wanted = json.loads(path.read_text()).get("settings", {}), settings(cmd)
+    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    if differ:
+        raise SystemExit(f"error: {path} was run with other settings ({', '.join(differ)}); "
                          "move it away or choose another --results folder")
     return True
 
@@ -173,17 +175,20 @@ def stamp_matches(stamp, value):
 def prepare_data(args, folder):
     """The family's synthetic data, generated once: data.json records what generated it, and another
     invocation (even one running beside this one) reuses the files instead of rewriting them under
-    running trainings. Square images: the 64-padded views waste no pixels."""
+    running trainings; a lock beside the folder makes invocations started together generate it once.
+    Square images: the 64-padded views waste no pixels."""
     spec = {"family": args.family, "num_train": args.num_train, "num_val": args.num_val,
             "image_size": args.image_size}
     stamp = folder / "data.json"
-    if stamp_matches(stamp, spec):
-        return {"train_ann": folder / "annotations" / "train.json", "train_images": folder / "train",
-                "val_ann": folder / "annotations" / "val.json", "val_images": folder / "val"}
-    data = generate(folder, args.num_train, args.num_val, seed=0, image_size=args.image_size,
-                    height_ratios=(1.0,), family=args.family)
-    stamp.write_text(json.dumps(spec))
-    return data
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f"{folder.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not stamp_matches(stamp, spec):
+            generate(folder, args.num_train, args.num_val, seed=0, image_size=args.image_size,
+                     height_ratios=(1.0,), family=args.family)
+            stamp.write_text(json.dumps(spec))
+    return {"train_ann": folder / "annotations" / "train.json", "train_images": folder / "train",
+            "val_ann": folder / "annotations" / "val.json", "val_images": folder / "val"}
 
 
 def train_all(args, results):

@@ -1,8 +1,14 @@
 """sed.experiment's tables: paired per-seed gains, mean +- std, rendered from the saved run files."""
 import json
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+import sed.experiment
+from sed.config import TrainConfig
 from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
                             settings)
 
@@ -38,19 +44,27 @@ def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path)
 
 
 def test_a_saved_run_is_reused_only_with_the_same_settings(tmp_path):
-    """Paths and device may differ (another machine, another --out); a flag that changes training may not."""
+    """Paths and device may differ (another machine, another --out); a flag that changes training may
+    not, and neither may a default that changed since the run (its command alone would still match)."""
     cmd = ["train.py", "--train-ann", "/a/train.json", "--seed", "0", "--max-iter", "900", "--out", "/a/sed",
            "--device", "cpu", "--unsup-weight", "1"]
-    assert settings(cmd) == ["train.py", "--seed", "0", "--max-iter", "900", "--unsup-weight", "1"]
+    wanted = settings(cmd)
+    assert wanted["seed"] == 0 and wanted["max_iter"] == 900 and wanted["unsup_weight"] == 1.0
+    assert wanted["weight_floor"] == TrainConfig().weight_floor  # a default, recorded too
+    assert not {"train_ann", "out", "device"} & wanted.keys()
     path = tmp_path / "sed_seed0.json"
     assert not saved_run_matches(path, cmd)
     moved = [t.replace("/a/", "/b/") for t in cmd]
     moved[moved.index("cpu")] = "cuda"
-    path.write_text(json.dumps({"command": ["python", *moved]}))
+    path.write_text(json.dumps({"command": ["python", *moved], "settings": settings(moved)}))
     assert saved_run_matches(path, cmd)
     longer = [t if t != "900" else "600" for t in cmd]
-    with pytest.raises(SystemExit, match="sed_seed0.json was run with other settings"):
+    with pytest.raises(SystemExit, match=r"sed_seed0.json was run with other settings \(max_iter\)"):
         saved_run_matches(path, longer)
+    old_default = {**wanted, "weight_floor": wanted["weight_floor"] + 0.5}
+    path.write_text(json.dumps({"command": ["python", *cmd], "settings": old_default}))
+    with pytest.raises(SystemExit, match=r"other settings \(weight_floor\)"):
+        saved_run_matches(path, cmd)
 
 
 def test_the_data_is_generated_once_per_settings(tmp_path):
@@ -62,3 +76,47 @@ def test_the_data_is_generated_once_per_settings(tmp_path):
     assert prepare_data(args, tmp_path / "data") == first and image.stat().st_mtime_ns == written
     more = parse_args(["--num-train", "4", "--num-val", "2", "--image-size", "64"])
     assert len(json.loads(prepare_data(more, tmp_path / "data")["train_ann"].read_text())["images"]) == 4
+
+
+def test_invocations_started_together_generate_the_data_once(tmp_path, monkeypatch):
+    """Two invocations whose data folder does not exist yet: one generates, the other waits and reuses."""
+    calls = []
+
+    def slow_generate(folder, *args, **kwargs):
+        calls.append(folder)
+        time.sleep(0.3)  # the second caller arrives while the first is still writing
+        (folder / "annotations").mkdir(parents=True)
+
+    monkeypatch.setattr(sed.experiment, "generate", slow_generate)
+    args = parse_args(["--num-train", "3", "--num-val", "2", "--image-size", "64"])
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: prepare_data(args, tmp_path / "data"), range(2)))
+    assert len(calls) == 1 and results[0] == results[1]
+
+
+def test_a_burn_in_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
+    """train_all with train.py replaced by a stub: the burn-in runs once per settings (burn_in.json)."""
+    ran = []
+
+    def fake_run(cmd, log_path):
+        out = Path(cmd[cmd.index("--out") + 1])
+        out.mkdir(parents=True)
+        ran.append(out.name)
+        if out.name == "burn_in":
+            (out / "last.pt").write_bytes(b"")
+            return
+        metrics = {"model": "student", **{c: 1.0 for c in sed.experiment.COLUMNS}}
+        (out / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
+        (out / "log.jsonl").write_text(json.dumps({"iteration": 1}) + "\n")
+
+    monkeypatch.setattr(sed.experiment, "run", fake_run)
+    argv = ["--out", str(tmp_path / "runs"), "--rows", "supervised", "--seeds", "0", "--num-train", "3",
+            "--num-val", "2", "--image-size", "64", "--iters", "4"]
+    for burn_in, results, expected in [("2", "a", ["burn_in", "supervised"]), ("2", "b", ["supervised"]),
+                                       ("3", "c", ["burn_in", "supervised"])]:
+        ran.clear()
+        for folder in (tmp_path / "runs" / "shapes" / "seed0").glob("*/"):
+            shutil.rmtree(folder)  # the stub's run folders, not the checkpoint and its stamp
+        (tmp_path / results).mkdir()
+        sed.experiment.train_all(parse_args([*argv, "--burn-in", burn_in]), tmp_path / results)
+        assert ran == expected
