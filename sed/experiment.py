@@ -133,14 +133,36 @@ def run_record(run_dir, row, seed, cmd, minutes):
 
 
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
+_NAMES = [f.name for f in dataclasses.fields(sed.config.TrainConfig)]
+SED_FIELDS = set(_NAMES[_NAMES.index("unlabeled_batch_size"):_NAMES.index("eval_every")])  # --help group "SED"
+SOFT_TARGET_FIELDS = {"scale_target", "reweight", "distill_temperature", "weight_gamma", "weight_floor",
+                      "distill_norm", "target_sharpen", "distill_reg_weight", "distill_reg_threshold"}
+
+
+def inert_fields(cfg):
+    """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
+    supervised run; the soft targets' fields without distillation and scale term (hard labels only);
+    --scale-target without the scale term; the re-weighting's shape without re-weighting."""
+    inert = set()
+    if cfg.method == "supervised":
+        inert |= SED_FIELDS
+    if not (cfg.distill or cfg.scale_consistency):
+        inert |= SOFT_TARGET_FIELDS
+    if not cfg.scale_consistency:
+        inert.add("scale_target")
+    if not cfg.reweight:
+        inert |= {"weight_gamma", "weight_floor"}
+    return inert
 
 
 def settings(cmd):
-    """The TrainConfig a train.py command resolves to, every field with defaults included, without its
-    paths and device: what a saved run must share with the run it stands for (image size, split, seed,
-    schedule, SED flags...). Defaults count: a run from before a default changed is another run."""
-    cfg = dataclasses.asdict(sed.config.parse_args(cmd[1:], check_files=False))
-    return json.loads(json.dumps({k: v for k, v in cfg.items() if k not in RUN_FIELDS}))  # tuples as lists
+    """The TrainConfig a train.py command resolves to, defaults included, without its paths, device and
+    inert fields: what a saved run must share with the run it stands for (image size, split, seed,
+    schedule, SED flags...). Defaults count: a run from before a default it uses changed is another run;
+    a default it does not use (the re-weighting's for a supervised run) does not make it one."""
+    cfg = sed.config.parse_args(cmd[1:], check_files=False)
+    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_FIELDS | inert_fields(cfg)}
+    return json.loads(json.dumps(kept))  # tuples as lists, as read back from a file
 
 
 def saved_run_matches(path, cmd):

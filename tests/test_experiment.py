@@ -47,7 +47,7 @@ def test_a_saved_run_is_reused_only_with_the_same_settings(tmp_path):
     """Paths and device may differ (another machine, another --out); a flag that changes training may
     not, and neither may a default that changed since the run (its command alone would still match)."""
     cmd = ["train.py", "--train-ann", "/a/train.json", "--seed", "0", "--max-iter", "900", "--out", "/a/sed",
-           "--device", "cpu", "--unsup-weight", "1"]
+           "--device", "cpu", "--method", "sed", "--unsup-weight", "1"]
     wanted = settings(cmd)
     assert wanted["seed"] == 0 and wanted["max_iter"] == 900 and wanted["unsup_weight"] == 1.0
     assert wanted["weight_floor"] == TrainConfig().weight_floor  # a default, recorded too
@@ -120,3 +120,16 @@ def test_a_burn_in_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
         (tmp_path / results).mkdir()
         sed.experiment.train_all(parse_args([*argv, "--burn-in", burn_in]), tmp_path / results)
         assert ran == expected
+
+
+def test_settings_leave_out_only_what_the_run_does_not_use():
+    """A supervised run does not use the SED fields, hard labels do not use the soft targets' fields;
+    SED with re-weighting uses all of them."""
+    base = ["train.py", "--seed", "0"]
+    sed_cmd = [*base, "--method", "sed"]
+    assert {"weight_floor", "distill_reg_weight", "unsup_weight", "scale_target"} <= settings(sed_cmd).keys()
+    assert not {"weight_floor", "unsup_weight", "ema_momentum"} & settings(base).keys()
+    hard = settings([*sed_cmd, "--no-distill", "--no-scale-consistency", "--no-reweight"])
+    assert "unsup_weight" in hard and "pseudo_threshold" in hard and not {"weight_floor", "distill_temperature"} & hard.keys()
+    no_reweight = settings([*sed_cmd, "--no-reweight"])
+    assert "distill_reg_weight" in no_reweight and not {"weight_floor", "weight_gamma"} & no_reweight.keys()
