@@ -86,6 +86,9 @@ class TrainConfig:
     scale_target: str = _help("target of the 0.5x view: student (full-size outputs, detached) | mutual "
                               "(gradient into both sizes) | teacher (the teacher's outputs)", "student")
     reweight: bool = _help("teacher-confidence re-weighting of the distillation losses", True)
+    reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
+                                   "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",
+                                   False)
     hard_pseudo_labels: bool = _help("add the thresholded hard pseudo-label loss", False)
     pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)

@@ -135,7 +135,7 @@ def run_record(run_dir, row, seed, cmd, minutes):
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
 _NAMES = [f.name for f in dataclasses.fields(sed.config.TrainConfig)]
 SED_FIELDS = set(_NAMES[_NAMES.index("unlabeled_batch_size"):_NAMES.index("eval_every")])  # --help group "SED"
-SOFT_TARGET_FIELDS = {"scale_target", "reweight", "distill_temperature", "weight_gamma", "weight_floor",
+SOFT_TARGET_FIELDS = {"scale_target", "reweight", "reweight_anchors", "distill_temperature", "weight_gamma", "weight_floor",
                       "distill_norm", "target_sharpen", "distill_reg_weight", "distill_reg_threshold"}
 
 
@@ -151,7 +151,7 @@ def inert_fields(cfg):
     if not cfg.scale_consistency:
         inert.add("scale_target")
     if not cfg.reweight:
-        inert |= {"weight_gamma", "weight_floor"}
+        inert |= {"reweight_anchors", "weight_gamma", "weight_floor"}
     return inert
 
 

@@ -35,22 +35,25 @@ SMOOTH_L1_BETA = 1.0 / 9
 EPS = 1e-6  # keeps weighted_mean finite when every weight is 0 (SED_NOTES section 3)
 
 
-def foreground_weights(p_fg, cfg):
+def foreground_weights(p_fg, cfg, anchors=False):
     """Teacher-confidence weights of SED_NOTES section 3, detached.
 
-    p_fg: [N] teacher foreground probability: objectness p_obj for RPN anchors, 1 - p_background
-    for RoIs. Returns (w_cls, w_reg), each [N]:
+    p_fg: [N] teacher foreground probability: objectness p_obj for RPN anchors (anchors=True),
+    1 - p_background for RoIs. Returns (w_cls, w_reg), each [N]:
       w_reg = p_fg ** cfg.weight_gamma              (sharpening, default gamma = 1)
       w_cls = max(w_reg, cfg.weight_floor)          (the floor keeps pushing background down)
-    cfg.reweight False: w_cls = 1 (plain mean over anchors / RoIs) and w_reg = p_fg. design choice:
-    section 1 defines the box distillation as weighted by teacher confidence, so switching off the
-    re-weighting of section 3 does not let the deltas of background anchors count.
+    cfg.reweight False, or anchors without cfg.reweight_anchors: w_cls = 1 (plain mean over anchors /
+    RoIs) and w_reg = p_fg. design choice: section 1 defines the box distillation as weighted by
+    teacher confidence, so switching off the re-weighting of section 3 does not let the deltas of
+    background anchors count. design choice (--reweight-anchors, off by default): the RPN's soft
+    objectness is graded by overlap, and weighting anchors by it centres the loss on the half-covering
+    anchors that the supervised RPN loss leaves out (IoU 0.3-0.7); README "Experiment".
     In both cases w_reg = 0 where p_fg < cfg.distill_reg_threshold (design choice, SED_NOTES "Known
     failure mode"): a weak teacher's deltas on what is probably background are noise, not boxes.
     """
     p_fg = p_fg.detach()
     confident = (p_fg >= cfg.distill_reg_threshold).to(p_fg.dtype)
-    if not cfg.reweight:
+    if not cfg.reweight or (anchors and not cfg.reweight_anchors):
         return torch.ones_like(p_fg), p_fg * confident
     w_reg = p_fg ** cfg.weight_gamma
     return w_reg.clamp(min=cfg.weight_floor), w_reg * confident
@@ -96,7 +99,7 @@ def rpn_distillation_loss(logits, deltas, target_prob, target_deltas, p_fg, cfg)
     Regression: smooth L1, weighted by the teacher's objectness, times cfg.distill_reg_weight.
     Returns (loss_cls, loss_reg) scalars.
     """
-    w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg)
+    w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg, anchors=True)
     bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target_prob.reshape(-1), reduction="none")
     reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4)), w_reg)
     return classification_mean(bce, w_cls, p_fg.reshape(-1), cfg), reg

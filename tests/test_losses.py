@@ -17,7 +17,8 @@ from sed.views import make_views
 
 LN2 = math.log(2)
 BETA = 1 / 9  # smooth L1 beta (torchvision)
-ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0, distill_reg_weight=1.0)  # box deltas distilled wherever w > 0
+ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0, distill_reg_weight=1.0,  # box deltas distilled wherever w > 0
+                         reweight_anchors=True)  # and anchors re-weighted as RoIs
 
 
 def smooth_l1(x):
@@ -87,6 +88,18 @@ def test_foreground_weights_without_reweight():
                                                              distill_reg_threshold=0.0))
     assert torch.equal(w_cls, torch.ones(2))  # plain mean of the classification terms
     assert torch.equal(w_reg, p)              # box distillation stays confidence-weighted (section 1)
+
+
+def test_anchors_are_re_weighted_only_with_reweight_anchors():
+    """--reweight-anchors off (the default): RPN anchors by their plain mean, RoIs still re-weighted."""
+    p = torch.tensor([0.2, 0.9])
+    cfg = TrainConfig(distill_reg_threshold=0.0)
+    assert torch.equal(foreground_weights(p, cfg, anchors=True)[0], torch.ones(2))
+    assert torch.equal(foreground_weights(p, cfg)[0], p)
+    both = TrainConfig(reweight_anchors=True, distill_reg_threshold=0.0)
+    assert torch.equal(foreground_weights(p, both, anchors=True)[0], p)
+    for c in (cfg, both):  # the box weights stay the teacher's confidence either way
+        assert torch.equal(foreground_weights(p, c, anchors=True)[1], p)
 
 
 def test_rpn_distillation_hand_values():
@@ -216,9 +229,9 @@ def test_identical_views_and_weights_give_zero_distillation_and_zero_gradient(ti
     losses, soft = sed_step(student, teacher, images, cfg)
     assert sorted(losses) == ["loss_roi_distill_cls", "loss_roi_distill_reg",
                               "loss_rpn_distill_cls", "loss_rpn_distill_reg"]
-    p, w = soft.rpn_prob.flatten(), soft.rpn_prob.flatten()  # reweight: w = p_obj
+    p = soft.rpn_prob.flatten()
     entropy = -(p * p.log() + (1 - p) * (1 - p).log())
-    assert losses["loss_rpn_distill_cls"].item() == pytest.approx(((w * entropy).sum() / w.sum()).item(), rel=1e-4)
+    assert losses["loss_rpn_distill_cls"].item() == pytest.approx(entropy.mean().item(), rel=1e-4)  # anchors: plain mean
     for name in ("loss_rpn_distill_reg", "loss_roi_distill_cls", "loss_roi_distill_reg"):
         assert abs(losses[name].item()) < 1e-6, name
     student.zero_grad()

@@ -102,12 +102,14 @@ def test_student_target_is_the_full_size_output_at_shifted_levels():
     small = hand_outputs(small_sizes, 5, seed=1)
     small.obj[:, :17], small.deltas[:, :17] = full.obj[:, 48:], full.deltas[:, 48:]  # small P2-P5 = full P3-P6
     small.class_logits, small.box_deltas = full.class_logits.clone(), full.box_deltas.clone()
-    losses = scale_consistency_loss(small, full, soft, TrainConfig(scale_target="student", distill_reg_weight=1.0))
     q, w = full.obj[0, 48:].sigmoid(), soft.rpn_prob[0, 48:]  # targets, and teacher objectness as weights
     entropy = -(q * q.log() + (1 - q) * (1 - q).log())
-    assert losses["loss_scale_rpn_cls"].item() == pytest.approx(((w * entropy).sum() / w.sum()).item(), rel=1e-5)
-    for name in ("loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"):
-        assert abs(losses[name].item()) < 1e-6, name
+    for reweight_anchors, expected in [(False, entropy.mean()), (True, (w * entropy).sum() / w.sum())]:
+        cfg = TrainConfig(scale_target="student", distill_reg_weight=1.0, reweight_anchors=reweight_anchors)
+        losses = scale_consistency_loss(small, full, soft, cfg)
+        assert losses["loss_scale_rpn_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
+        for name in ("loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"):
+            assert abs(losses[name].item()) < 1e-6, name
 
 
 @pytest.mark.parametrize("mode,full_gets_gradient", [("student", False), ("mutual", True), ("teacher", None)])
