@@ -18,6 +18,8 @@ Figure 1's scale link:
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
                       default 0 leaves boxes to the supervised loss, README "Experiment")
     sed_split         SED with foreground and background normalised separately (--distill-norm split)
+    sed_anchors       SED with the RPN anchors re-weighted too (--reweight-anchors; the default re-weights
+                      only the RoIs, README "Experiment")
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -53,7 +55,8 @@ ROWS = {"supervised": None,
         "sed_mutual": ["--scale-target", "mutual"],
         "sed_teacher": ["--scale-target", "teacher"],
         "sed_box": ["--distill-reg-weight", "1"],
-        "sed_split": ["--distill-norm", "split"]}
+        "sed_split": ["--distill-norm", "split"],
+        "sed_anchors": ["--reweight-anchors"]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
 DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
@@ -272,7 +275,7 @@ def render_markdown(table, family):
     rows = [r for r in ROWS if r in table]
     present = [r for r in INCREMENTAL if r in table]
     reference = dict(zip(present[1:], present))  # the nearest row above that was run
-    reference |= {r: "sed" for r in ("sed_mutual", "sed_teacher", "sed_box", "sed_split") if "sed" in table}
+    reference |= {r: "sed" for r in ("sed_mutual", "sed_teacher", "sed_box", "sed_split", "sed_anchors") if "sed" in table}
     lines = [f"Synthetic family `{family}`; COCO AP in percent on the validation set, mean ± std over seeds "
              "(SED rows: the EMA teacher). Gain: paired per seed, over the row named.", "",
              "| row | seeds | " + " | ".join(COLUMNS) + " | AP gain | over |", "|---" * (len(COLUMNS) + 4) + "|"]
