@@ -138,8 +138,8 @@ def run_record(run_dir, row, seed, cmd, minutes):
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
 _NAMES = [f.name for f in dataclasses.fields(sed.config.TrainConfig)]
 SED_FIELDS = set(_NAMES[_NAMES.index("unlabeled_batch_size"):_NAMES.index("eval_every")])  # --help group "SED"
-SOFT_TARGET_FIELDS = {"scale_target", "reweight", "reweight_anchors", "distill_temperature", "weight_gamma", "weight_floor",
-                      "distill_norm", "target_sharpen", "distill_reg_weight", "distill_reg_threshold"}
+SOFT_TARGET_FIELDS = {"scale_target", "reweight", "reweight_anchors", "distill_temperature", "weight_gamma",
+                      "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight", "distill_reg_threshold"}
 
 
 def inert_fields(cfg):
@@ -275,7 +275,8 @@ def render_markdown(table, family):
     rows = [r for r in ROWS if r in table]
     present = [r for r in INCREMENTAL if r in table]
     reference = dict(zip(present[1:], present))  # the nearest row above that was run
-    reference |= {r: "sed" for r in ("sed_mutual", "sed_teacher", "sed_box", "sed_split", "sed_anchors") if "sed" in table}
+    variants = ("sed_mutual", "sed_teacher", "sed_box", "sed_split", "sed_anchors")
+    reference |= {r: "sed" for r in variants if "sed" in table}
     lines = [f"Synthetic family `{family}`; COCO AP in percent on the validation set, mean ± std over seeds "
              "(SED rows: the EMA teacher). Gain: paired per seed, over the row named.", "",
              "| row | seeds | " + " | ".join(COLUMNS) + " | AP gain | over |", "|---" * (len(COLUMNS) + 4) + "|"]
