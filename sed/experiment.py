@@ -275,8 +275,7 @@ def render_markdown(table, family):
     rows = [r for r in ROWS if r in table]
     present = [r for r in INCREMENTAL if r in table]
     reference = dict(zip(present[1:], present))  # the nearest row above that was run
-    variants = ("sed_mutual", "sed_teacher", "sed_box", "sed_split", "sed_anchors")
-    reference |= {r: "sed" for r in variants if "sed" in table}
+    reference |= {r: "sed" for r in ROWS if r not in INCREMENTAL and "sed" in table}  # the variants
     lines = [f"Synthetic family `{family}`; COCO AP in percent on the validation set, mean ± std over seeds "
              "(SED rows: the EMA teacher). Gain: paired per seed, over the row named.", "",
              "| row | seeds | " + " | ".join(COLUMNS) + " | AP gain | over |", "|---" * (len(COLUMNS) + 4) + "|"]
