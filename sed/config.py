@@ -18,7 +18,7 @@ from sed.errors import ArgumentParser, UserError
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("supervised", "sed")
 SCALE_TARGETS = ("student", "mutual", "teacher")
-DISTILL_NORMS = ("weight", "split")
+DISTILL_NORMS = ("count", "weight", "split")
 
 
 def _help(text, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -94,9 +94,10 @@ class TrainConfig:
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
     weight_floor: float = _help("lower bound of the classification weights", 0.0)
-    distill_norm: str = _help("design choice: normalisation of the classification distillation: weight "
-                              "(sum w l / sum w over all anchors or RoIs) | split (probable foreground, "
-                              "teacher p >= 0.5, and background normalised separately, half each)", "weight")
+    distill_norm: str = _help("design choice: normalisation of the classification distillation: count "
+                              "(sum w l / N over the anchors or RoIs) | weight (sum w l / sum w, SED_NOTES "
+                              "section 3) | split (probable foreground, teacher p >= 0.5, and background "
+                              "normalised separately, half each)", "count")
     target_sharpen: float = _help("design choice: the teacher's classification targets come from its logits "
                                   "divided by this (RPN objectness and RoI classes); < 1 sharpens them, "
                                   "1 = its probabilities", 1.0)

@@ -2,7 +2,7 @@
 
     foreground_weights       section 3: teacher-confidence weights, detached
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
-    classification_mean      weighted_mean, or foreground and background halves (--distill-norm split)
+    classification_mean      sum w l over the count (--distill-norm count), weighted_mean, or fg / bg halves
     rpn_distillation_loss    section 1: per-anchor BCE with the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
     student_outputs          one student forward on one view (dense RPN outputs, RoI head on given boxes)
@@ -71,12 +71,19 @@ def weighted_mean(loss, weight):
 def classification_mean(loss, weight, p_fg, cfg):
     """The classification distillation's mean over anchors or RoIs. loss, weight, p_fg: [N].
 
-    cfg.distill_norm "weight": weighted_mean over all N (SED_NOTES section 3).
+    cfg.distill_norm "count" (design choice, the default; README "Experiment"): sum_i w_i l_i / N. The
+    weights screen background down, as section 3 wants, without renormalising the loss onto the few
+    probable objects: the notes' weight-sum normalisation gives the RoIs half-covering an object
+    (teacher p_fg 0.3-0.7, IoU-labelled background by the supervised RoI loss) most of the weight,
+    as it did for the anchors. Anchors, whose weights are 1 by default, get their plain mean.
+    "weight": weighted_mean over all N (SED_NOTES section 3 as written).
     "split" (design choice, SED_NOTES "Known failure mode"): the probable foreground (teacher
     p_fg >= 0.5) and the rest are weighted means of their own, half each, so that thousands of
     background anchors cannot outweigh a few objects (as the balanced anchor and RoI sampling of
     the supervised Faster R-CNN losses does, torchvision's positive_fraction).
     """
+    if cfg.distill_norm == "count":
+        return weighted_mean(weight.detach() * loss, torch.ones_like(loss))  # with w = 1: "weight", bit for bit
     if cfg.distill_norm == "weight":
         return weighted_mean(loss, weight)
     fg = p_fg.detach() >= 0.5

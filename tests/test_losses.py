@@ -18,7 +18,8 @@ from sed.views import make_views
 LN2 = math.log(2)
 BETA = 1 / 9  # smooth L1 beta (torchvision)
 ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0, distill_reg_weight=1.0,  # box deltas distilled wherever w > 0
-                         reweight_anchors=True)  # and anchors re-weighted as RoIs
+                         reweight_anchors=True,  # and anchors re-weighted as RoIs
+                         distill_norm="weight")  # sum w l / sum w (SED_NOTES section 3)
 
 
 def smooth_l1(x):
@@ -57,7 +58,17 @@ def test_split_normalisation_gives_foreground_and_background_half_each():
     loss, p = torch.tensor([1.0, 2.0, 4.0, 4.0, 1.0]), torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2])
     split = classification_mean(loss, p, p, TrainConfig(distill_norm="split"))
     assert split.item() == pytest.approx((1.4 + 2.5) / 2, rel=1e-5)
-    assert classification_mean(loss, p, p, TrainConfig()).item() == pytest.approx(3.1 / 1.9, rel=1e-5)
+    assert classification_mean(loss, p, p, TrainConfig(distill_norm="weight")).item() == pytest.approx(3.1 / 1.9, rel=1e-5)
+
+
+def test_count_normalisation_divides_by_the_number_of_terms():
+    # the same terms: sum w l = 3.1 over 5 terms; with w = 1 it is "weight" exactly (the plain mean)
+    loss, p = torch.tensor([1.0, 2.0, 4.0, 4.0, 1.0]), torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2])
+    assert classification_mean(loss, p, p, TrainConfig(distill_norm="count")).item() == pytest.approx(3.1 / 5, rel=1e-5)
+    ones = torch.ones(5)
+    assert torch.equal(classification_mean(loss, ones, p, TrainConfig(distill_norm="count")),
+                       classification_mean(loss, ones, p, TrainConfig(distill_norm="weight")))
+    assert classification_mean(loss[:0], p[:0], p[:0], TrainConfig()).item() == 0.0
 
 
 def test_split_normalisation_without_foreground_is_half_the_background_mean():
@@ -153,21 +164,23 @@ def test_roi_distillation_hand_values_with_temperature():
     box_deltas = torch.arange(12.0).reshape(1, 12) / 10  # class 2 deltas = [0.8, 0.9, 1.0, 1.1]
     soft = roi_targets(torch.tensor([[0.5, 0.25, 0.25]]), torch.tensor([2]),
                        torch.tensor([[0.8, 0.9, 1.0, 0.0]]), torch.tensor([0.5]))
-    cfg = TrainConfig(distill_temperature=2.0, distill_reg_weight=1.0)
+    cfg = TrainConfig(distill_temperature=2.0, distill_reg_weight=1.0, distill_norm="weight")
     cls_loss, reg_loss = roi_loss(class_logits, box_deltas, soft, cfg)
     assert cls_loss.item() == pytest.approx(LN2, rel=1e-5)
     assert reg_loss.item() == pytest.approx(smooth_l1(1.1), rel=1e-5)  # a single RoI: weight cancels
 
 
 def test_roi_distillation_weights_by_teacher_foreground():
-    # two RoIs with KL 0 and KL k; fg weights 0.2 and 0.6 -> 0.6 k / 0.8
+    # two RoIs with KL 0 and KL k; fg weights 0.2 and 0.6 -> 0.6 k / 0.8 (weight sum), 0.6 k / 2 (count)
     teacher = torch.tensor([[0.7, 0.2, 0.1], [0.5, 0.25, 0.25]])
     class_logits = torch.tensor([[0.7, 0.2, 0.1], [1.0, 1.0, 1.0]]).log()
     k = sum(t * math.log(t / (1 / 3)) for t in (0.5, 0.25, 0.25))
     soft = roi_targets(teacher, torch.tensor([1, 1]), torch.zeros(2, 4), torch.tensor([0.2, 0.6]))
-    cls_loss, reg_loss = roi_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
+    cls_loss, reg_loss = roi_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig(distill_norm="weight"))
     assert cls_loss.item() == pytest.approx(0.6 * k / 0.8, rel=1e-5)
     assert reg_loss.item() == 0
+    cls_loss, _ = roi_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
+    assert cls_loss.item() == pytest.approx(0.6 * k / 2, rel=1e-5)
 
 
 def test_roi_distillation_at_the_teacher_is_zero_with_zero_gradient():
