@@ -55,3 +55,19 @@ def test_cli_writes_layout(tmp_path):
     assert [i["file_name"] for i in train["images"]] == ["000000.png", "000001.png"]
     assert all(i["width"] == i["height"] == 32 for i in train["images"])
     assert (tmp_path / "val" / "000000.png").exists()
+
+
+def test_every_family_shape_fills_its_box_to_the_borders():
+    """The box of an annotation is the shape's extent: each mask touches all four borders."""
+    for family in synthetic.FAMILIES.values():
+        for _, name, _ in family.categories:
+            mask = synthetic._draw_shape(name, 21, 14)
+            assert mask.getbbox() == (0, 0, 21, 14), name
+            assert 0 < np.count_nonzero(np.asarray(mask)) < 21 * 14 or name == "rectangle", name
+
+
+def test_polygons_family_classes(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="polygons")
+    coco = COCO(str(paths["train_ann"]))
+    assert sorted(coco.getCatIds()) == [4, 6, 10]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {4, 6, 10}
