@@ -18,8 +18,10 @@ Figure 1's scale link:
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
                       default 0 leaves boxes to the supervised loss, README "Experiment")
     sed_split         SED with foreground and background normalised separately (--distill-norm split)
-    sed_anchors       SED with the RPN anchors re-weighted too (--reweight-anchors; the default re-weights
-                      only the RoIs, README "Experiment")
+    sed_weightsum     SED with the weighted terms normalised by their weight sum (--distill-norm weight,
+                      SED_NOTES section 3 as written; the default divides by their number, README "Experiment")
+    sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
+                      re-weights only the RoIs)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -56,7 +58,8 @@ ROWS = {"supervised": None,
         "sed_teacher": ["--scale-target", "teacher"],
         "sed_box": ["--distill-reg-weight", "1"],
         "sed_split": ["--distill-norm", "split"],
-        "sed_anchors": ["--reweight-anchors"]}
+        "sed_weightsum": ["--distill-norm", "weight"],
+        "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight"]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
 DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
@@ -145,7 +148,8 @@ SOFT_TARGET_FIELDS = {"scale_target", "reweight", "reweight_anchors", "distill_t
 def inert_fields(cfg):
     """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
     supervised run; the soft targets' fields without distillation and scale term (hard labels only);
-    --scale-target without the scale term; the re-weighting's shape without re-weighting."""
+    --scale-target without the scale term; the re-weighting's shape without re-weighting, and then also
+    --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
     inert = set()
     if cfg.method == "supervised":
         inert |= SED_FIELDS
@@ -155,6 +159,8 @@ def inert_fields(cfg):
         inert.add("scale_target")
     if not cfg.reweight:
         inert |= {"reweight_anchors", "weight_gamma", "weight_floor"}
+        if cfg.distill_norm != "split":
+            inert.add("distill_norm")
     return inert
 
 
@@ -170,11 +176,13 @@ def settings(cmd):
 
 def saved_run_matches(path, cmd):
     """True if RESULTS/<row>_seed<k>.json exists and ran with cmd's settings; False if it does not exist.
-    A file from other settings is a one-line error naming them, not silently mixed into the table."""
+    A file from other settings is a one-line error naming them, not silently mixed into the table. Only
+    the fields cmd's run uses are compared: one the file records but the run leaves unused (a default
+    that became inert, as --distill-norm without re-weighting) does not make it another run."""
     if not path.exists():
         return False
     saved, wanted = json.loads(path.read_text()).get("settings", {}), settings(cmd)
-    differ = sorted(k for k in saved.keys() | wanted.keys() if saved.get(k) != wanted.get(k))
+    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
     if differ:
         raise SystemExit(f"error: {path} was run with other settings ({', '.join(differ)}); "
                          "move it away or choose another --results folder")

@@ -134,3 +134,15 @@ def test_settings_leave_out_only_what_the_run_does_not_use():
     assert not {"weight_floor", "distill_temperature"} & hard.keys()
     no_reweight = settings([*sed_cmd, "--no-reweight"])
     assert "distill_reg_weight" in no_reweight and not {"weight_floor", "weight_gamma"} & no_reweight.keys()
+    assert "distill_norm" not in no_reweight  # every weight 1: count and weight are the same mean
+    assert settings([*sed_cmd, "--no-reweight", "--distill-norm", "split"])["distill_norm"] == "split"
+
+
+def test_a_field_the_run_does_not_use_is_not_compared(tmp_path):
+    """A +scale run saved when --distill-norm weight was the default is the run --no-reweight asks for now."""
+    cmd = ["train.py", "--seed", "0", "--method", "sed", "--no-reweight"]
+    path = tmp_path / "+scale_seed0.json"
+    path.write_text(json.dumps({"settings": {**settings(cmd), "distill_norm": "weight"}}))
+    assert saved_run_matches(path, cmd)
+    with pytest.raises(SystemExit, match=r"other settings \(distill_norm\)"):
+        saved_run_matches(path, [*cmd, "--distill-norm", "split"])
