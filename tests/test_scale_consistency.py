@@ -104,8 +104,10 @@ def test_student_target_is_the_full_size_output_at_shifted_levels():
     small.class_logits, small.box_deltas = full.class_logits.clone(), full.box_deltas.clone()
     q, w = full.obj[0, 48:].sigmoid(), soft.rpn_prob[0, 48:]  # targets, and teacher objectness as weights
     entropy = -(q * q.log() + (1 - q) * (1 - q).log())
-    for reweight_anchors, expected in [(False, entropy.mean()), (True, (w * entropy).sum() / w.sum())]:
-        cfg = TrainConfig(scale_target="student", distill_reg_weight=1.0, reweight_anchors=reweight_anchors)
+    for reweight_anchors, norm, expected in [(False, "count", entropy.mean()), (True, "count", (w * entropy).mean()),
+                                             (True, "weight", (w * entropy).sum() / w.sum())]:
+        cfg = TrainConfig(scale_target="student", distill_reg_weight=1.0, reweight_anchors=reweight_anchors,
+                          distill_norm=norm)
         losses = scale_consistency_loss(small, full, soft, cfg)
         assert losses["loss_scale_rpn_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
         for name in ("loss_scale_rpn_reg", "loss_scale_roi_cls", "loss_scale_roi_reg"):
