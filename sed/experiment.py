@@ -19,7 +19,8 @@ Figure 1's scale link:
                       default 0 leaves boxes to the supervised loss, README "Experiment")
     sed_split         SED with foreground and background normalised separately (--distill-norm split)
     sed_weightsum     SED with the weighted terms normalised by their weight sum (--distill-norm weight,
-                      SED_NOTES section 3 as written; the default divides by their number, README "Experiment")
+                      SED_NOTES section 3 as written; the default divides by their number, README
+                      "Experiment")
     sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
                       re-weights only the RoIs)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).

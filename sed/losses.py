@@ -2,7 +2,7 @@
 
     foreground_weights       section 3: teacher-confidence weights, detached
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
-    classification_mean      sum w l over the count (--distill-norm count), weighted_mean, or fg / bg halves
+    classification_mean      sum w l / N (--distill-norm count), weighted_mean, or fg / bg halves
     rpn_distillation_loss    section 1: per-anchor BCE with the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
     student_outputs          one student forward on one view (dense RPN outputs, RoI head on given boxes)

@@ -6,8 +6,9 @@ Four families (`--family`, `FAMILIES`):
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
   (later shapes occlude earlier ones);
-- rings: held out for confirming settings on data they were not tuned on: rings, stars and
-  hexagons (1-5 per image, 6 px to 0.6 of the image side) on smoothed colour noise;
+- rings: held out for confirming settings on data they were not tuned on (the --distill-norm count
+  default was chosen with it in view): rings, stars and hexagons (1-5 per image, 6 px to 0.6 of
+  the image side) on smoothed colour noise;
 - polygons: held out until the --distill-norm count default was chosen, a third family for
   checking it: pentagons, semicircles and trapezoids (1-6 per image, 8 px to 0.45 of the image
   side) on smoothed colour noise with clutter;
