@@ -23,6 +23,7 @@ Figure 1's scale link:
                       "Experiment")
     sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
                       re-weights only the RoIs)
+    sed_rpnscale      SED with the scale link on the RPN only (--no-scale-roi; README "Experiment")
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -60,7 +61,8 @@ ROWS = {"supervised": None,
         "sed_box": ["--distill-reg-weight", "1"],
         "sed_split": ["--distill-norm", "split"],
         "sed_weightsum": ["--distill-norm", "weight"],
-        "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight"]}
+        "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight"],
+        "sed_rpnscale": ["--no-scale-roi"]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
 DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
@@ -142,8 +144,10 @@ def run_record(run_dir, row, seed, cmd, minutes):
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
 _NAMES = [f.name for f in dataclasses.fields(sed.config.TrainConfig)]
 SED_FIELDS = set(_NAMES[_NAMES.index("unlabeled_batch_size"):_NAMES.index("eval_every")])  # --help group "SED"
-SOFT_TARGET_FIELDS = {"scale_target", "reweight", "reweight_anchors", "distill_temperature", "weight_gamma",
-                      "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight", "distill_reg_threshold"}
+DEFAULTS = json.loads(json.dumps(dataclasses.asdict(sed.config.TrainConfig())))  # as settings() reads them
+SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
+                      "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
+                      "distill_reg_threshold"}
 
 
 def inert_fields(cfg):
@@ -157,7 +161,7 @@ def inert_fields(cfg):
     if not (cfg.distill or cfg.scale_consistency):
         inert |= SOFT_TARGET_FIELDS
     if not cfg.scale_consistency:
-        inert.add("scale_target")
+        inert |= {"scale_target", "scale_roi"}
     if not cfg.reweight:
         inert |= {"reweight_anchors", "weight_gamma", "weight_floor"}
         if cfg.distill_norm != "split":
@@ -179,11 +183,13 @@ def saved_run_matches(path, cmd):
     """True if RESULTS/<row>_seed<k>.json exists and ran with cmd's settings; False if it does not exist.
     A file from other settings is a one-line error naming them, not silently mixed into the table. Only
     the fields cmd's run uses are compared: one the file records but the run leaves unused (a default
-    that became inert, as --distill-norm without re-weighting) does not make it another run."""
+    that became inert, as --distill-norm without re-weighting) does not make it another run. A field
+    the file does not record was added after it ran and counts at its default (a new flag's default keeps
+    the behaviour of before it: the project's rule)."""
     if not path.exists():
         return False
     saved, wanted = json.loads(path.read_text()).get("settings", {}), settings(cmd)
-    differ = sorted(k for k in wanted if saved.get(k) != wanted[k])
+    differ = sorted(k for k in wanted if saved.get(k, DEFAULTS.get(k)) != wanted[k])
     if differ:
         raise SystemExit(f"error: {path} was run with other settings ({', '.join(differ)}); "
                          "move it away or choose another --results folder")

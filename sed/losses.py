@@ -142,12 +142,14 @@ class StudentOutputs:
 
 
 def student_outputs(student, batch, proposals, labels):
-    """Student RPN outputs for every anchor, RoI-head outputs on `proposals` (list of [P_i, 4]);
-    labels [P] picks each RoI's class deltas."""
+    """Student RPN outputs for every anchor, RoI-head outputs on `proposals` (list of [P_i, 4]; None:
+    the RoI head is not run and its fields are None); labels [P] picks each RoI's class deltas."""
     feats = student.features(batch.tensors)
     obj, deltas = student.rpn.head(feats)
     level_sizes = [o[0].numel() for o in obj]  # A * H_l * W_l
     obj, deltas = sed.rpn.flatten_outputs(obj, deltas)
+    if proposals is None:
+        return StudentOutputs(obj, deltas, level_sizes, None, None)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
     return StudentOutputs(obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
 
@@ -194,7 +196,9 @@ def scale_consistency_loss(small, full, soft, cfg):
     hence scale-invariant: the full-size deltas are the targets unchanged. (Exact for the anchor
     centres and the square anchors; the 1:2 and 2:1 anchors differ by 1 px after the doubling because
     torchvision rounds every level's cell anchors to whole pixels.)
-    RoI head: proposal B on the full view is B / 2 on the small one (small.* were computed there).
+    RoI head: proposal B on the full view is B / 2 on the small one (small.* were computed there);
+    without cfg.scale_roi (design choice, `--no-scale-roi`) this part is left out and small has no
+    RoI outputs.
     """
     if small.level_sizes[:-1] != soft.level_sizes[1:]:
         raise ValueError(f"scale consistency: small-view anchors per level {small.level_sizes[:-1]} do not "
@@ -205,10 +209,12 @@ def scale_consistency_loss(small, full, soft, cfg):
     rpn_prob, rpn_deltas, roi_probs, roi_deltas = scale_targets(full, soft, cfg)
     rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_prob, rpn_deltas,
                                              soft.rpn_prob[:, p3_p6], cfg)
-    roi_cls, roi_reg = roi_distillation_loss(small.class_logits, small.box_deltas, roi_probs, roi_deltas,
-                                             soft.roi_fg, cfg)
-    return {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg,
-            "loss_scale_roi_cls": roi_cls, "loss_scale_roi_reg": roi_reg}
+    losses = {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg}
+    if cfg.scale_roi:
+        roi_cls, roi_reg = roi_distillation_loss(small.class_logits, small.box_deltas, roi_probs, roi_deltas,
+                                                 soft.roi_fg, cfg)
+        losses |= {"loss_scale_roi_cls": roi_cls, "loss_scale_roi_reg": roi_reg}
+    return losses
 
 
 def check_small_view(small_batch):
@@ -251,7 +257,8 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
         losses |= distillation_loss(full, soft, cfg)
     if cfg.scale_consistency:
         check_small_view(small_batch)
-        small = student_outputs(student, small_batch, [p / 2 for p in soft.proposals], soft.roi_labels)
+        small_proposals = [p / 2 for p in soft.proposals] if cfg.scale_roi else None
+        small = student_outputs(student, small_batch, small_proposals, soft.roi_labels)
         losses |= scale_consistency_loss(small, full, soft, cfg)
     if cfg.hard_pseudo_labels or not cfg.distill:
         losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg)

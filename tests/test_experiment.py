@@ -146,3 +146,14 @@ def test_a_field_the_run_does_not_use_is_not_compared(tmp_path):
     assert saved_run_matches(path, cmd)
     with pytest.raises(SystemExit, match=r"other settings \(distill_norm\)"):
         saved_run_matches(path, [*cmd, "--distill-norm", "split"])
+
+
+def test_a_field_added_after_a_run_counts_at_its_default(tmp_path):
+    """A run saved before --scale-roi existed ran with the RoI part, the flag's default: it is the run the
+    default asks for, not the one --no-scale-roi asks for."""
+    cmd = ["train.py", "--seed", "0", "--method", "sed"]
+    path = tmp_path / "sed_seed0.json"
+    path.write_text(json.dumps({"settings": {k: v for k, v in settings(cmd).items() if k != "scale_roi"}}))
+    assert saved_run_matches(path, cmd)
+    with pytest.raises(SystemExit, match=r"other settings \(scale_roi\)"):
+        saved_run_matches(path, [*cmd, "--no-scale-roi"])

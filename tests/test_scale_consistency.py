@@ -7,7 +7,7 @@ import torch
 
 import sed
 from sed.config import TrainConfig
-from sed.losses import StudentOutputs, check_small_view, scale_consistency_loss, student_outputs
+from sed.losses import StudentOutputs, check_small_view, scale_consistency_loss, sed_losses, student_outputs
 from sed.teacher import make_teacher, predict_soft
 from sed.views import downsample, make_views
 
@@ -154,3 +154,22 @@ def test_scale_loss_rejects_a_view_not_padded_to_64(model):
     batch, _ = model.transform([torch.rand(3, 70, 100)], min_size=64, size_divisible=32)  # 64 x 96
     with pytest.raises(ValueError, match="multiple of 64"):
         check_small_view(downsample(batch))
+
+
+def test_without_scale_roi_only_the_rpn_part_remains(model, batches, monkeypatch):
+    """--no-scale-roi: the same RPN scale terms, no RoI-head scale terms, and the RoI head runs on the
+    full-size view only (not on the 0.5x one)."""
+    batch, small_batch = batches
+    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0)
+    soft = predict_soft(make_teacher(model), batch, cfg)
+    calls, predict = [], model.roi_heads.predict
+    monkeypatch.setattr(model.roi_heads, "predict",
+                        lambda feats, boxes: calls.append(len(boxes)) or predict(feats, boxes))
+    with torch.no_grad():
+        both = sed_losses(model, batch, small_batch, soft, cfg)
+        assert len(calls) == 2
+        rpn_only = sed_losses(model, batch, small_batch, soft, dataclasses.replace(cfg, scale_roi=False))
+    assert len(calls) == 3
+    assert set(both) - set(rpn_only) == {"loss_scale_roi_cls", "loss_scale_roi_reg"}
+    assert all(torch.equal(rpn_only[k], both[k]) for k in rpn_only)
+    assert both["loss_scale_roi_cls"] > 0
