@@ -24,6 +24,9 @@ Figure 1's scale link:
     sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
                       re-weights only the RoIs)
     sed_rpnscale      SED with the scale link on the RPN only (--no-scale-roi; README "Experiment")
+    sed_hard          SED plus the hard pseudo-label loss (--hard-pseudo-labels: the teacher's boxes
+                      >= 0.7 through the four Faster R-CNN losses, so that the unlabeled images train
+                      box regression too, as in teacher_student)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -62,7 +65,8 @@ ROWS = {"supervised": None,
         "sed_split": ["--distill-norm", "split"],
         "sed_weightsum": ["--distill-norm", "weight"],
         "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight"],
-        "sed_rpnscale": ["--no-scale-roi"]}
+        "sed_rpnscale": ["--no-scale-roi"],
+        "sed_hard": ["--hard-pseudo-labels"]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
 DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
