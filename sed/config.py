@@ -86,8 +86,8 @@ class TrainConfig:
     scale_target: str = _help("target of the 0.5x view: student (full-size outputs, detached) | mutual "
                               "(gradient into both sizes) | teacher (the teacher's outputs)", "student")
     scale_roi: bool = _help("design choice: the scale link's RoI-head part (the 0.5x view on the proposals / 2); "
-                            "off = its RPN part only. Under about 224 px every RoI pools from P2 in both views, "
-                            "so the part compares P2 with the 0.5x view's P2 (README \"Experiment\")", True)
+                            "off = its RPN part only, which cost AP on every run of the CPU experiment, "
+                            "mostly APs (README \"Experiment\")", True)
     reweight: bool = _help("teacher-confidence re-weighting of the distillation losses", True)
     reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
                                    "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",

@@ -137,7 +137,7 @@ class StudentOutputs:
     obj: Tensor          # [B, R] objectness logits, flattened (level, y, x, anchor)
     deltas: Tensor       # [B, R, 4] anchor deltas
     level_sizes: list    # anchors per level P2..P6 (A * H_l * W_l)
-    class_logits: Tensor  # [P, C+1] on the given boxes (the teacher's proposals, or them / 2)
+    class_logits: Tensor  # [P, C+1] on the given boxes (the teacher's proposals, or them / 2); None: no boxes given
     box_deltas: Tensor   # [P, 4] deltas of the teacher's arg-max foreground class (soft.roi_labels)
 
 
