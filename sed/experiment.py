@@ -86,6 +86,8 @@ def parse_args(argv):
     p.add_argument("--labeled-percent", type=float, default=10)
     p.add_argument("--iters", type=int, default=900, help="total iterations of every run")
     p.add_argument("--burn-in", type=int, default=600, help="supervised iterations shared by a seed's rows")
+    p.add_argument("--lr-step", type=int, default=0, help="iteration of the x0.1 lr step of every run "
+                   "(0: 3/4 of --iters)")
     p.add_argument("--sed-flags", nargs=argparse.REMAINDER, default=[],
                    help="extra train.py flags for every semi-supervised row (last; for tuning)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -105,7 +107,7 @@ def common_flags(args, data, seed):
             "--anchor-sizes", "16", "32", "64", "128", "256", "--rpn-proposals", "256", "128",
             "--roi-batch-size", "64", "--box-head-dim", "256", "--fpn-channels", "64",
             "--batch-size", "4", "--lr", "0.01",
-            "--warmup-iters", "50", "--lr-steps", str(args.iters * 3 // 4), "--grad-clip", "10",
+            "--warmup-iters", "50", "--lr-steps", str(args.lr_step or args.iters * 3 // 4), "--grad-clip", "10",
             "--eval-every", "0", "--checkpoint-every", str(args.burn_in), "--log-every", "20",
             "--workers", "0", "--device", args.device]
 
