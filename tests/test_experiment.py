@@ -159,12 +159,13 @@ def test_a_field_added_after_a_run_counts_at_its_default(tmp_path):
         saved_run_matches(path, [*cmd, "--no-scale-roi"])
 
 
-def test_the_lr_step_is_three_quarters_of_the_run_unless_given():
+def test_the_lr_step_is_three_quarters_of_the_way_after_the_burn_in_unless_given():
     data = {k: Path(k) for k in ("train_ann", "train_images", "val_ann", "val_images")}
 
     def lr_steps(argv):
         flags = sed.experiment.common_flags(parse_args(argv), data, seed=0)
         return flags[flags.index("--lr-steps") + 1]
 
-    assert lr_steps(["--iters", "900"]) == "675"
+    assert lr_steps(["--iters", "900"]) == "825"
+    assert lr_steps(["--iters", "1000", "--burn-in", "200"]) == "800"
     assert lr_steps(["--iters", "900", "--lr-step", "825"]) == "825"
