@@ -168,4 +168,4 @@ def test_the_lr_step_is_three_quarters_of_the_way_after_the_burn_in_unless_given
 
     assert lr_steps(["--iters", "900"]) == "825"
     assert lr_steps(["--iters", "1000", "--burn-in", "200"]) == "800"
-    assert lr_steps(["--iters", "900", "--lr-step", "825"]) == "825"
+    assert lr_steps(["--iters", "900", "--lr-step", "700"]) == "700"
