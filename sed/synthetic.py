@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Four families (`--family`, `FAMILIES`):
+Five families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -12,6 +12,9 @@ Four families (`--family`, `FAMILIES`):
 - polygons: held out until the --distill-norm count default was chosen, a third family for
   checking it: pentagons, semicircles and trapezoids (1-6 per image, 8 px to 0.45 of the image
   side) on smoothed colour noise with clutter;
+- glyphs: generated at stop 19 after every default was set, a fourth family for the pre-registered check
+  of the settings to recommend on new data: crescents, arrows, chevrons and square frames (1-7 per
+  image, 5 px to 0.55 of the image side) on stripes with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -44,7 +47,7 @@ class Family:
     min_object_size: int     # px, smallest object side before aspect jitter
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
-    background: str          # "gradient" | "noise" (smoothed colour noise)
+    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -57,6 +60,9 @@ FAMILIES = {
     # a third family, unseen by every default up to --distill-norm count: other classes, sizes, clutter on noise
     "polygons": Family(((4, "pentagon", 0.45), (6, "semicircle", 0.35), (10, "trapezoid", 0.2)), 8, 0.45, 6,
                        "noise", True),
+    # a fourth family, generated after every default was set (stop 19): other classes, stripes, clutter
+    "glyphs": Family(((11, "crescent", 0.35), (13, "arrow", 0.3), (14, "chevron", 0.2), (15, "frame", 0.15)),
+                     5, 0.55, 7, "stripes", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -88,6 +94,17 @@ def _draw_shape(name, w, h):
         d.pieslice([0, 0, r, 2 * b], 180, 360, fill=255)
     elif name == "trapezoid":   # top side half the bottom one
         d.polygon([(r / 4, 0), (3 * r / 4, 0), (r, b), (0, b)], fill=255)
+    elif name == "crescent":    # the left half of an ellipse twice the box's width, less an inner ellipse: a C
+        d.ellipse([0, 0, 2 * r, b], fill=255)
+        d.ellipse([r / 2, 0.15 * b, 2.5 * r, 0.85 * b], fill=0)
+    elif name == "arrow":       # pointing right: a shaft a third of the box high, a head 0.4 of the box long
+        d.rectangle([0, b / 3, 0.6 * r, 2 * b / 3], fill=255)
+        d.polygon([(0.6 * r, 0), (r, b / 2), (0.6 * r, b)], fill=255)
+    elif name == "chevron":     # pointing up, arms a third of the box thick
+        d.polygon([(r / 2, 0), (r, 2 * b / 3), (r, b), (r / 2, b / 3), (0, b), (0, 2 * b / 3)], fill=255)
+    elif name == "frame":       # a square outline, sides a quarter of the box thick
+        d.rectangle([0, 0, r, b], fill=255)
+        d.rectangle([r / 4, b / 4, 3 * r / 4, 3 * b / 4], fill=0)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -115,6 +132,16 @@ def _noise_background(rng, w, h):
     coarse = rng.uniform(40, 215, size=(cells, cells, 3)).astype(np.uint8)
     img = Image.fromarray(coarse).resize((w, h), Image.BICUBIC)
     return img, tuple(np.asarray(img, dtype=float).reshape(-1, 3).mean(axis=0)[None])
+
+
+def _stripes_background(rng, w, h):
+    """Sinusoidal stripes between two muted colours, random period (6-32 px) and direction -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 32)
+    ys, xs = np.mgrid[0:h, 0:w]
+    t = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period)   # [h, w]
+    pixels = c0 + t[..., None] * (c1 - c0)                                                     # [h, w, 3]
+    return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
 
 
 def _object_colour(rng, bg_colours):
@@ -147,10 +174,8 @@ def _clutter(rng, img):
 
 def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
-    if family.background == "gradient":
-        img, bg_colours = _background(rng, w, h)
-    else:
-        img, bg_colours = _noise_background(rng, w, h)
+    backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background}
+    img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
     anns = []
@@ -234,6 +259,7 @@ def main(argv=None):
                    help="fraction of train images with no objects")
     p.add_argument("--family", choices=sorted(FAMILIES), default="shapes",
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
+                        "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)

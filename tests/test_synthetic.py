@@ -71,3 +71,13 @@ def test_polygons_family_classes(tmp_path):
     coco = COCO(str(paths["train_ann"]))
     assert sorted(coco.getCatIds()) == [4, 6, 10]
     assert {a["category_id"] for a in coco.dataset["annotations"]} == {4, 6, 10}
+
+
+def test_glyphs_family_classes_and_stripes(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="glyphs")
+    coco = COCO(str(paths["train_ann"]))
+    assert sorted(coco.getCatIds()) == [11, 13, 14, 15]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {11, 13, 14, 15}
+    img, (c0, c1) = synthetic._stripes_background(np.random.default_rng(0), 64, 48)
+    pixels = np.asarray(img, dtype=float).reshape(-1, 3)   # every pixel lies between the two stripe colours
+    assert (pixels >= np.minimum(c0, c1).astype(int) - 1).all() and (pixels <= np.maximum(c0, c1) + 1).all()
