@@ -134,6 +134,7 @@ def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_f
 @dataclass
 class StudentOutputs:
     """One student forward on one view: dense RPN outputs and RoI-head outputs on given boxes."""
+    features: list       # [P2, ..., P6] of the view, [B, C, H_l, W_l]
     obj: Tensor          # [B, R] objectness logits, flattened (level, y, x, anchor)
     deltas: Tensor       # [B, R, 4] anchor deltas
     level_sizes: list    # anchors per level P2..P6 (A * H_l * W_l)
@@ -149,9 +150,9 @@ def student_outputs(student, batch, proposals, labels):
     level_sizes = [o[0].numel() for o in obj]  # A * H_l * W_l
     obj, deltas = sed.rpn.flatten_outputs(obj, deltas)
     if proposals is None:
-        return StudentOutputs(obj, deltas, level_sizes, None, None)
+        return StudentOutputs(feats, obj, deltas, level_sizes, None, None)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
-    return StudentOutputs(obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
+    return StudentOutputs(feats, obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
 
 
 def distillation_loss(full, soft, cfg):
@@ -230,22 +231,25 @@ def pseudo_targets(detections, threshold, scale=1.0):
              "labels": d["labels"][d["scores"] >= threshold]} for d in detections]
 
 
-def hard_pseudo_label_loss(student, strong_batch, soft, cfg):
+def hard_pseudo_label_loss(student, strong_batch, soft, cfg, features=None):
     """Classic thresholded pseudo-labels (SED_NOTES section 1, the teacher-student baseline).
 
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
     Faster R-CNN losses on the strong view (design choice: all four, box regression included);
-    an image without confident detections is trained as all background.
+    an image without confident detections is trained as all background. features: the student's
+    features of strong_batch when the distillation already computed them (one backbone pass for both).
     """
     targets = pseudo_targets(soft.detections, cfg.pseudo_threshold)
-    return {k.replace("loss_", "loss_hard_"): v for k, v in student.losses(strong_batch, targets).items()}
+    losses = student.losses(strong_batch, targets, features)
+    return {k.replace("loss_", "loss_hard_"): v for k, v in losses.items()}
 
 
 def sed_losses(student, strong_batch, small_batch, soft, cfg):
     """All unsupervised loss terms the cfg switches on, as a dict of named scalar tensors (Figure 1).
 
-    The student runs once on the full-size strong view (its outputs feed self-distillation and are
-    the scale targets) and, with scale consistency, once on the 0.5x view. cfg.distill: section 1;
+    The student runs once on the full-size strong view (its outputs feed self-distillation, are the
+    scale targets and, with hard labels, its features feed that loss too) and, with scale
+    consistency, once on the 0.5x view. cfg.distill: section 1;
     cfg.scale_consistency: section 2; cfg.hard_pseudo_labels or not cfg.distill: the hard
     pseudo-label loss. Sum the values for L_unsup; there is no "total" key.
     """
@@ -261,7 +265,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
         small = student_outputs(student, small_batch, small_proposals, soft.roi_labels)
         losses |= scale_consistency_loss(small, full, soft, cfg)
     if cfg.hard_pseudo_labels or not cfg.distill:
-        losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg)
+        losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg, full.features if full else None)
     return losses
 
 

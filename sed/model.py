@@ -43,9 +43,10 @@ class FasterRCNN(nn.Module):
         """[B, 3, H, W] normalised batch -> [P2, P3, P4, P5, P6], strides 4 ... 64."""
         return self.backbone(tensors)
 
-    def losses(self, batch, targets):
-        """The four Faster R-CNN losses for an already transformed batch and its targets."""
-        features = self.features(batch.tensors)
+    def losses(self, batch, targets, features=None):
+        """The four Faster R-CNN losses for an already transformed batch and its targets; features: the
+        batch's `features`, if already computed (SED shares the strong view's with its hard-label loss)."""
+        features = self.features(batch.tensors) if features is None else features
         proposals, rpn_losses = self.rpn(batch, features, targets)
         return {**rpn_losses, **self.roi_heads.losses(features, proposals, targets)}
 

@@ -10,7 +10,8 @@ import torch
 import sed
 from sed.config import TrainConfig
 from sed.losses import (SEDObjective, classification_mean, foreground_weights, roi_distillation_loss,
-                        rpn_distillation_loss, sed_losses, unsup_weight_at, weighted_mean)
+                        hard_pseudo_label_loss, rpn_distillation_loss, sed_losses, unsup_weight_at,
+                        weighted_mean)
 from sed.roi_heads import class_deltas
 from sed.teacher import make_teacher, predict_soft
 from sed.views import make_views
@@ -266,6 +267,35 @@ def test_no_gradient_reaches_the_teacher(tiny):
     sum(losses.values()).backward()
     assert all(q.grad is None for q in teacher.parameters())
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in student.parameters())
+
+
+def test_hard_label_loss_on_the_shared_strong_view_features_equals_its_own_forward(tiny):
+    """sed_losses hands the distillation's strong-view features to the hard-label loss: the same losses
+    and gradients as the separate forward it replaces (one backbone pass fewer per SED step)."""
+    student, teacher, images = tiny
+    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=32)
+    weak, strong, _ = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    assert sum(len(d["boxes"]) for d in soft.detections) > 0  # boxes to train on
+    results = []
+    for features in (None, student.features(strong.tensors)):
+        torch.manual_seed(0)  # the same anchor and RoI sampling
+        losses = hard_pseudo_label_loss(student, strong, soft, cfg, features)
+        student.zero_grad()
+        sum(losses.values()).backward()
+        results.append((losses, [q.grad.clone() for q in student.parameters() if q.grad is not None]))
+    (separate, separate_grads), (shared, shared_grads) = results
+    assert separate.keys() == shared.keys() == {"loss_hard_objectness", "loss_hard_rpn_box_reg",
+                                                "loss_hard_classifier", "loss_hard_box_reg"}
+    for name in separate:
+        assert shared[name].item() == pytest.approx(separate[name].item(), rel=1e-5, abs=1e-7), name
+    assert len(shared_grads) == len(separate_grads)
+    assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(shared_grads, separate_grads))
+    calls = []
+    features = student.features
+    student.features = lambda tensors: calls.append(tensors.shape) or features(tensors)
+    assert set(sed_losses(student, strong, None, soft, cfg)) >= set(shared)
+    assert calls == [strong.tensors.shape]  # one backbone pass on the strong view for both terms
 
 
 def background_teacher(student):
