@@ -13,6 +13,12 @@ Figure 1's scale link:
     +distill          soft self-distillation instead of hard labels (SED_NOTES section 1)
     +scale            + scale equivalence, student 0.5x <-> student full size (section 2)
     sed               + re-weighting (section 3) = SED as Figure 1 draws it
+The same three components added on top of the teacher-student, its hard-label loss kept (the
+teacher's boxes >= 0.7 through the four Faster R-CNN losses, so that the unlabeled images train box
+regression too):
+    ts+distill        teacher_student + soft self-distillation
+    ts+scale          + scale equivalence
+    sed_hard          + re-weighting = SED plus the hard-label loss
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -24,9 +30,6 @@ Figure 1's scale link:
     sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
                       re-weights only the RoIs)
     sed_rpnscale      SED with the scale link on the RPN only (--no-scale-roi; README "Experiment")
-    sed_hard          SED plus the hard pseudo-label loss (--hard-pseudo-labels: the teacher's boxes
-                      >= 0.7 through the four Faster R-CNN losses, so that the unlabeled images train
-                      box regression too, as in teacher_student)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -54,20 +57,25 @@ import sed.config
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
+FIGURE_1 = ["--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
+HARD = ["--hard-pseudo-labels"]
 ROWS = {"supervised": None,
         "teacher_student": ["--no-distill", "--no-scale-consistency", "--no-reweight"],
-        "+distill": ["--no-scale-consistency", "--no-reweight"],
-        "+scale": ["--no-reweight"],
-        "sed": [],
-        "sed_mutual": ["--scale-target", "mutual"],
-        "sed_teacher": ["--scale-target", "teacher"],
-        "sed_box": ["--distill-reg-weight", "1"],
-        "sed_split": ["--distill-norm", "split"],
-        "sed_weightsum": ["--distill-norm", "weight"],
-        "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight"],
-        "sed_rpnscale": ["--no-scale-roi"],
-        "sed_hard": ["--hard-pseudo-labels"]}
+        "+distill": ["--no-scale-consistency", "--no-reweight", *FIGURE_1],
+        "+scale": ["--no-reweight", *FIGURE_1],
+        "sed": FIGURE_1,
+        "ts+distill": ["--no-scale-consistency", "--no-reweight", *HARD],
+        "ts+scale": ["--no-reweight", *HARD],
+        "sed_hard": HARD,
+        "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
+        "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
+        "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
+        "sed_split": ["--distill-norm", "split", *FIGURE_1],
+        "sed_weightsum": ["--distill-norm", "weight", *FIGURE_1],
+        "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight", *FIGURE_1],
+        "sed_rpnscale": ["--no-scale-roi", *FIGURE_1]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
+ON_HARD_LABELS = ["teacher_student", "ts+distill", "ts+scale", "sed_hard"]  # the same, hard labels kept
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
 DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
 
@@ -167,6 +175,7 @@ SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors
 def inert_fields(cfg):
     """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
     supervised run; the soft targets' fields without distillation and scale term (hard labels only);
+    --hard-pseudo-labels without distillation (the hard labels are on either way);
     --scale-target without the scale term; the re-weighting's shape without re-weighting, and then also
     --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
     inert = set()
@@ -174,6 +183,8 @@ def inert_fields(cfg):
         inert |= SED_FIELDS
     if not (cfg.distill or cfg.scale_consistency):
         inert |= SOFT_TARGET_FIELDS
+    if not cfg.distill:
+        inert.add("hard_pseudo_labels")  # hard labels replace the distillation either way (sed/losses.py)
     if not cfg.scale_consistency:
         inert |= {"scale_target", "scale_roi"}
     if not cfg.reweight:
@@ -299,12 +310,20 @@ def gain(table, row, reference):
     return (mean_std(values) if values else "-"), values
 
 
+def references(table):
+    """{row: the row its AP gain is over}: in each chain (INCREMENTAL, ON_HARD_LABELS) the nearest row above
+    that was run; the variants over sed."""
+    reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
+    for chain in (INCREMENTAL, ON_HARD_LABELS):
+        present = [r for r in chain if r in table]
+        reference |= {r: above for r, above in zip(present[1:], present) if r not in reference}
+    return reference
+
+
 def render_markdown(table, family):
     """results.md: mean +- std per row, the gain over the row above, the pseudo-label diagnostics."""
     rows = [r for r in ROWS if r in table]
-    present = [r for r in INCREMENTAL if r in table]
-    reference = dict(zip(present[1:], present))  # the nearest row above that was run
-    reference |= {r: "sed" for r in ROWS if r not in INCREMENTAL and "sed" in table}  # the variants
+    reference = references(table)
     lines = [f"Synthetic family `{family}`; COCO AP in percent on the validation set, mean ± std over seeds "
              "(SED rows: the EMA teacher). Gain: paired per seed, over the row named.", "",
              "| row | seeds | " + " | ".join(COLUMNS) + " | AP gain | over |", "|---" * (len(COLUMNS) + 4) + "|"]
@@ -318,6 +337,9 @@ def render_markdown(table, family):
         lines += ["", f"SED - supervised, AP: {gain(table, 'sed', 'supervised')[0]}"]
     if "sed" in table and "teacher_student" in table:
         lines += [f"SED - teacher_student, AP: {gain(table, 'sed', 'teacher_student')[0]}"]
+    for reference in ("supervised", "sed"):
+        if "sed_hard" in table and reference in table:
+            lines += [f"sed_hard (SED + hard labels) - {reference}, AP: {gain(table, 'sed_hard', reference)[0]}"]
     lines += ["", "Teacher's pseudo-labels at the end (32 unlabeled images), mean over seeds:", "",
               "| row | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
     for r in rows[1:] if rows and rows[0] == "supervised" else rows:
