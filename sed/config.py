@@ -92,7 +92,11 @@ class TrainConfig:
     reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
                                    "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",
                                    False)
-    hard_pseudo_labels: bool = _help("add the thresholded hard pseudo-label loss", False)
+    hard_pseudo_labels: bool = _help("design choice, deviates from Figure 1 (no hard-label term there): add the "
+                                     "teacher's detections >= --pseudo-threshold as hard labels of the four Faster "
+                                     "R-CNN losses on the strong view, so that the unlabeled images train box "
+                                     "regression too; on by default since stop 19 (README \"Experiment\"); "
+                                     "--no-hard-pseudo-labels = SED as Figure 1 draws it", True)
     pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import sed.config
 import sed.experiment
 from sed.config import TrainConfig
 from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
@@ -41,6 +42,32 @@ def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path)
     assert row["sed"].endswith("| 2.0 ± 1.0 | teacher_student |")          # gains 3, 2, 1
     assert row["sed_mutual"].startswith("| sed_mutual | 1 | 14.0 |") and row["sed_mutual"].endswith("| -1.0 | sed |")
     assert "SED - supervised, AP: 4.0 ± 1.0" in lines
+
+
+def test_the_rows_on_hard_labels_compare_with_the_row_above_in_their_own_chain(tmp_path):
+    """teacher_student -> ts+distill -> ts+scale -> sed_hard; sed_hard is also reported against sed."""
+    for row, ap in [("supervised", 10.0), ("teacher_student", 12.0), ("sed", 13.0), ("ts+distill", 12.5),
+                    ("ts+scale", 14.0), ("sed_hard", 13.5), ("sed_teacher", 12.0)]:
+        write_run(tmp_path, row, 0, ap)
+    lines = render_markdown(load_results(tmp_path), "shapes").splitlines()
+    row = {line.split(" | ")[0].strip("| "): line for line in reversed(lines) if line.startswith("| ")}
+    assert row["ts+distill"].endswith("| 0.5 | teacher_student |")
+    assert row["ts+scale"].endswith("| 1.5 | ts+distill |")
+    assert row["sed_hard"].endswith("| -0.5 | ts+scale |")
+    assert row["sed"].endswith("| 1.0 | teacher_student |") and row["sed_teacher"].endswith("| -1.0 | sed |")
+    assert "sed_hard (SED + hard labels) - sed, AP: 0.5" in lines
+
+
+def test_every_row_names_its_hard_label_switch():
+    """A row's meaning does not follow train.py's --hard-pseudo-labels default: the soft rows (Figure 1) run
+    without the hard-label loss, the chain on hard labels with it."""
+    data = {k: Path(k) for k in ("train_ann", "train_images", "val_ann", "val_images")}
+    args = parse_args([])
+    for row in sed.experiment.ROWS:
+        if row in ("supervised", "teacher_student"):
+            continue
+        cfg = sed.config.parse_args(sed.experiment.row_command(args, data, row, 0, Path("o"))[1:], check_files=False)
+        assert cfg.hard_pseudo_labels == (row in sed.experiment.ON_HARD_LABELS), row
 
 
 def test_a_saved_run_is_reused_only_with_the_same_settings(tmp_path):
@@ -131,7 +158,8 @@ def test_settings_leave_out_only_what_the_run_does_not_use():
     assert not {"weight_floor", "unsup_weight", "ema_momentum"} & settings(base).keys()
     hard = settings([*sed_cmd, "--no-distill", "--no-scale-consistency", "--no-reweight"])
     assert {"unsup_weight", "pseudo_threshold"} <= hard.keys()
-    assert not {"weight_floor", "distill_temperature"} & hard.keys()
+    assert not {"weight_floor", "distill_temperature", "hard_pseudo_labels"} & hard.keys()  # hard labels either way
+    assert "hard_pseudo_labels" in settings(sed_cmd)
     no_reweight = settings([*sed_cmd, "--no-reweight"])
     assert "distill_reg_weight" in no_reweight and not {"weight_floor", "weight_gamma"} & no_reweight.keys()
     assert "distill_norm" not in no_reweight  # every weight 1: count and weight are the same mean

@@ -160,7 +160,7 @@ def test_without_scale_roi_only_the_rpn_part_remains(model, batches, monkeypatch
     """--no-scale-roi: the same RPN scale terms, no RoI-head scale terms, and the RoI head runs on the
     full-size view only (not on the 0.5x one)."""
     batch, small_batch = batches
-    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0)
+    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0, hard_pseudo_labels=False)
     soft = predict_soft(make_teacher(model), batch, cfg)
     calls, predict = [], model.roi_heads.predict
     monkeypatch.setattr(model.roi_heads, "predict",
