@@ -135,6 +135,7 @@ def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_f
 class StudentOutputs:
     """One student forward on one view: dense RPN outputs and RoI-head outputs on given boxes."""
     features: list       # [P2, ..., P6] of the view, [B, C, H_l, W_l]
+    rpn_head: tuple      # student.rpn.head(features): per-level objectness [B, A, H_l, W_l], deltas [B, 4A, H_l, W_l]
     obj: Tensor          # [B, R] objectness logits, flattened (level, y, x, anchor)
     deltas: Tensor       # [B, R, 4] anchor deltas
     level_sizes: list    # anchors per level P2..P6 (A * H_l * W_l)
@@ -146,13 +147,13 @@ def student_outputs(student, batch, proposals, labels):
     """Student RPN outputs for every anchor, RoI-head outputs on `proposals` (list of [P_i, 4]; None:
     the RoI head is not run and its fields are None); labels [P] picks each RoI's class deltas."""
     feats = student.features(batch.tensors)
-    obj, deltas = student.rpn.head(feats)
-    level_sizes = [o[0].numel() for o in obj]  # A * H_l * W_l
-    obj, deltas = sed.rpn.flatten_outputs(obj, deltas)
+    head = student.rpn.head(feats)
+    level_sizes = [o[0].numel() for o in head[0]]  # A * H_l * W_l
+    obj, deltas = sed.rpn.flatten_outputs(*head)
     if proposals is None:
-        return StudentOutputs(feats, obj, deltas, level_sizes, None, None)
+        return StudentOutputs(feats, head, obj, deltas, level_sizes, None, None)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
-    return StudentOutputs(feats, obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
+    return StudentOutputs(feats, head, obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
 
 
 def distillation_loss(full, soft, cfg):
@@ -231,16 +232,17 @@ def pseudo_targets(detections, threshold, scale=1.0):
              "labels": d["labels"][d["scores"] >= threshold]} for d in detections]
 
 
-def hard_pseudo_label_loss(student, strong_batch, soft, cfg, features=None):
+def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
     """Classic thresholded pseudo-labels (SED_NOTES section 1, the teacher-student baseline).
 
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
     Faster R-CNN losses on the strong view (design choice: all four, box regression included);
-    an image without confident detections is trained as all background. features: the student's
-    features of strong_batch when the distillation already computed them (one backbone pass for both).
+    an image without confident detections is trained as all background. full: the student's
+    StudentOutputs on strong_batch when the distillation already computed them (one backbone and RPN
+    head pass for both terms).
     """
     targets = pseudo_targets(soft.detections, cfg.pseudo_threshold)
-    losses = student.losses(strong_batch, targets, features)
+    losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else ()))
     return {k.replace("loss_", "loss_hard_"): v for k, v in losses.items()}
 
 
@@ -248,7 +250,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
     """All unsupervised loss terms the cfg switches on, as a dict of named scalar tensors (Figure 1).
 
     The student runs once on the full-size strong view (its outputs feed self-distillation, are the
-    scale targets and, with hard labels, its features feed that loss too) and, with scale
+    scale targets and, with hard labels, its features and RPN head outputs feed that loss too) and, with scale
     consistency, once on the 0.5x view. cfg.distill: section 1;
     cfg.scale_consistency: section 2; cfg.hard_pseudo_labels or not cfg.distill: the hard
     pseudo-label loss. Sum the values for L_unsup; there is no "total" key.
@@ -265,7 +267,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
         small = student_outputs(student, small_batch, small_proposals, soft.roi_labels)
         losses |= scale_consistency_loss(small, full, soft, cfg)
     if cfg.hard_pseudo_labels or not cfg.distill:
-        losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg, full.features if full else None)
+        losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg, full)
     return losses
 
 

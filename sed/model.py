@@ -43,11 +43,12 @@ class FasterRCNN(nn.Module):
         """[B, 3, H, W] normalised batch -> [P2, P3, P4, P5, P6], strides 4 ... 64."""
         return self.backbone(tensors)
 
-    def losses(self, batch, targets, features=None):
-        """The four Faster R-CNN losses for an already transformed batch and its targets; features: the
-        batch's `features`, if already computed (SED shares the strong view's with its hard-label loss)."""
+    def losses(self, batch, targets, features=None, rpn_head=None):
+        """The four Faster R-CNN losses for an already transformed batch and its targets; features and
+        rpn_head: the batch's `features` and `rpn.head(features)`, if already computed (SED shares the
+        strong view's with its hard-label loss)."""
         features = self.features(batch.tensors) if features is None else features
-        proposals, rpn_losses = self.rpn(batch, features, targets)
+        proposals, rpn_losses = self.rpn(batch, features, targets, rpn_head)
         return {**rpn_losses, **self.roi_heads.losses(features, proposals, targets)}
 
     def detect(self, batch):

@@ -66,9 +66,10 @@ class RegionProposalNetwork(nn.Module):
         """Per level [H_l * W_l * A, 4]: the same anchors for every image of the batch."""
         return self.anchor_generator(batch.tensors.shape[-2:], [f.shape[-2:] for f in features])
 
-    def forward(self, batch, features, targets=None):
-        """Returns (proposals: list of [P_i, 4] per image, losses: dict, empty without targets)."""
-        objectness, deltas = self.head(features)
+    def forward(self, batch, features, targets=None, head_outputs=None):
+        """Returns (proposals: list of [P_i, 4] per image, losses: dict, empty without targets).
+        head_outputs: `self.head(features)` if already computed (SED's strong view)."""
+        objectness, deltas = self.head(features) if head_outputs is None else head_outputs
         anchors = self.anchors(batch, features)
         proposals = self.propose(anchors, objectness, deltas, batch.image_sizes)
         if targets is None:

@@ -10,8 +10,8 @@ import torch
 import sed
 from sed.config import TrainConfig
 from sed.losses import (SEDObjective, classification_mean, foreground_weights, roi_distillation_loss,
-                        hard_pseudo_label_loss, rpn_distillation_loss, sed_losses, unsup_weight_at,
-                        weighted_mean)
+                        hard_pseudo_label_loss, rpn_distillation_loss, sed_losses, student_outputs,
+                        unsup_weight_at, weighted_mean)
 from sed.roi_heads import class_deltas
 from sed.teacher import make_teacher, predict_soft
 from sed.views import make_views
@@ -269,18 +269,19 @@ def test_no_gradient_reaches_the_teacher(tiny):
     assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in student.parameters())
 
 
-def test_hard_label_loss_on_the_shared_strong_view_features_equals_its_own_forward(tiny):
-    """sed_losses hands the distillation's strong-view features to the hard-label loss: the same losses
-    and gradients as the separate forward it replaces (one backbone pass fewer per SED step)."""
+def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forward(tiny):
+    """sed_losses hands the distillation's strong-view features and RPN head outputs to the hard-label
+    loss: the same losses and gradients as the separate forward it replaces (one backbone and RPN head
+    pass fewer per SED step)."""
     student, teacher, images = tiny
     cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=32)
     weak, strong, _ = make_views(student, images, cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
     assert sum(len(d["boxes"]) for d in soft.detections) > 0  # boxes to train on
     results = []
-    for features in (None, student.features(strong.tensors)):
+    for full in (None, student_outputs(student, strong, soft.proposals, soft.roi_labels)):
         torch.manual_seed(0)  # the same anchor and RoI sampling
-        losses = hard_pseudo_label_loss(student, strong, soft, cfg, features)
+        losses = hard_pseudo_label_loss(student, strong, soft, cfg, full)
         student.zero_grad()
         sum(losses.values()).backward()
         results.append((losses, [q.grad.clone() for q in student.parameters() if q.grad is not None]))
@@ -292,10 +293,11 @@ def test_hard_label_loss_on_the_shared_strong_view_features_equals_its_own_forwa
     assert len(shared_grads) == len(separate_grads)
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(shared_grads, separate_grads))
     calls = []
-    features = student.features
-    student.features = lambda tensors: calls.append(tensors.shape) or features(tensors)
+    features, head = student.features, student.rpn.head.forward
+    student.features = lambda tensors: calls.append("backbone") or features(tensors)
+    student.rpn.head.forward = lambda feats: calls.append("rpn head") or head(feats)
     assert set(sed_losses(student, strong, None, soft, cfg)) >= set(shared)
-    assert calls == [strong.tensors.shape]  # one backbone pass on the strong view for both terms
+    assert calls == ["backbone", "rpn head"]  # one pass on the strong view for both terms
 
 
 def background_teacher(student):

@@ -82,7 +82,7 @@ def hand_outputs(level_sizes, num_rois, seed):
     """StudentOutputs of random values for one image, 3 classes (4 with background)."""
     g = torch.Generator().manual_seed(seed)
     R = sum(level_sizes)
-    return StudentOutputs(None, torch.randn(1, R, generator=g), torch.randn(1, R, 4, generator=g), level_sizes,
+    return StudentOutputs(None, None, torch.randn(1, R, generator=g), torch.randn(1, R, 4, generator=g), level_sizes,
                           torch.randn(num_rois, 4, generator=g), torch.randn(num_rois, 4, generator=g))
 
 
