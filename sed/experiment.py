@@ -316,7 +316,7 @@ def references(table):
     reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
     for chain in (INCREMENTAL, ON_HARD_LABELS):
         present = [r for r in chain if r in table]
-        reference |= {r: above for r, above in zip(present[1:], present) if r not in reference}
+        reference |= dict(zip(present[1:], present))
     return reference
 
 
@@ -337,9 +337,9 @@ def render_markdown(table, family):
         lines += ["", f"SED - supervised, AP: {gain(table, 'sed', 'supervised')[0]}"]
     if "sed" in table and "teacher_student" in table:
         lines += [f"SED - teacher_student, AP: {gain(table, 'sed', 'teacher_student')[0]}"]
-    for reference in ("supervised", "sed"):
-        if "sed_hard" in table and reference in table:
-            lines += [f"sed_hard (SED + hard labels) - {reference}, AP: {gain(table, 'sed_hard', reference)[0]}"]
+    for other in ("supervised", "sed"):
+        if "sed_hard" in table and other in table:
+            lines += [f"sed_hard (SED + hard labels) - {other}, AP: {gain(table, 'sed_hard', other)[0]}"]
     lines += ["", "Teacher's pseudo-labels at the end (32 unlabeled images), mean over seeds:", "",
               "| row | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
     for r in rows[1:] if rows and rows[0] == "supervised" else rows:

@@ -115,15 +115,19 @@ def _draw_shape(name, w, h):
     return mask
 
 
+def _blend(c0, c1, t):
+    """Colours c0 + t (c1 - c0) for t [h, w] in [0, 1] -> (image, (c0, c1))."""
+    pixels = c0 + t[..., None] * (c1 - c0)                         # [h, w, 3]
+    return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
+
+
 def _background(rng, w, h):
     """Linear gradient between two muted colours along a random direction -> (image, colours)."""
     c0, c1 = rng.uniform(60, 190, size=(2, 3))
     angle = rng.uniform(0, 2 * np.pi)
     ys, xs = np.mgrid[0:h, 0:w]
     t = (xs * np.cos(angle) + ys * np.sin(angle)) / max(w, h)     # [h, w]
-    t = (t - t.min()) / max(t.max() - t.min(), 1e-6)
-    pixels = c0 + t[..., None] * (c1 - c0)                         # [h, w, 3]
-    return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
+    return _blend(c0, c1, (t - t.min()) / max(t.max() - t.min(), 1e-6))
 
 
 def _noise_background(rng, w, h):
@@ -140,8 +144,7 @@ def _stripes_background(rng, w, h):
     angle, period = rng.uniform(0, np.pi), rng.uniform(6, 32)
     ys, xs = np.mgrid[0:h, 0:w]
     t = 0.5 + 0.5 * np.sin(2 * np.pi * (xs * np.cos(angle) + ys * np.sin(angle)) / period)   # [h, w]
-    pixels = c0 + t[..., None] * (c1 - c0)                                                     # [h, w, 3]
-    return Image.fromarray(pixels.astype(np.uint8)), (c0, c1)
+    return _blend(c0, c1, t)
 
 
 def _object_colour(rng, bg_colours):
