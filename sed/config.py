@@ -18,6 +18,7 @@ from sed.errors import ArgumentParser, UserError
 DTYPES = ("float32", "bfloat16", "float16")
 METHODS = ("supervised", "sed")
 SCALE_TARGETS = ("student", "mutual", "teacher")
+HARD_LABEL_ROIS = ("student", "teacher")
 DISTILL_NORMS = ("count", "weight", "split")
 
 
@@ -98,6 +99,12 @@ class TrainConfig:
                                      "regression too; on by default since stop 19 (README \"Experiment\"); "
                                      "--no-hard-pseudo-labels = SED as Figure 1 draws it", True)
     pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
+    hard_label_rois: str = _help("design choice: the RoIs of the hard labels' box-head loss: student (the "
+                                 "student's own proposals, sampled as in supervised training: Unbiased Teacher) | "
+                                 "teacher (every teacher proposal the student's box head already ran on for "
+                                 "distillation and scale targets: one box-head pass for all terms, no student "
+                                 "proposals); without those outputs (the teacher-student baseline) always student",
+                                 "student")
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
     weight_floor: float = _help("lower bound of the classification weights", 0.0)
@@ -172,6 +179,8 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.distill_reg_weight >= 0, f"distill_reg_weight must be >= 0, got {cfg.distill_reg_weight}"),
         (cfg.target_sharpen > 0, f"target_sharpen must be > 0, got {cfg.target_sharpen}"),
         (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
+        (cfg.hard_label_rois in HARD_LABEL_ROIS,
+         f"hard_label_rois must be one of {HARD_LABEL_ROIS}, got {cfg.hard_label_rois!r}"),
         (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",
          f"backbone_norm {cfg.backbone_norm} needs --backbone-weights none (pretrained weights carry BN statistics)"),
         (cfg.num_classes >= 0, f"num_classes must be >= 0, got {cfg.num_classes}"),
@@ -260,7 +269,8 @@ def build_parser():
         else:
             kwargs = dict(type=f.type)
         choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
-                   "scale_target": SCALE_TARGETS, "distill_norm": DISTILL_NORMS, "backbone_norm": ("frozen_bn", "group")}
+                   "scale_target": SCALE_TARGETS, "hard_label_rois": HARD_LABEL_ROIS, "distill_norm": DISTILL_NORMS,
+                   "backbone_norm": ("frozen_bn", "group")}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
         group.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)

@@ -19,6 +19,8 @@ regression too):
     ts+distill        teacher_student + soft self-distillation
     ts+scale          + scale equivalence
     sed_hard          + re-weighting = SED plus the hard-label loss
+    sed_hard_teacher_rois  sed_hard with the hard labels' box-head loss on the teacher's proposals
+                      (--hard-label-rois teacher: one student box-head pass for every term)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -67,6 +69,7 @@ ROWS = {"supervised": None,
         "ts+distill": ["--no-scale-consistency", "--no-reweight", *HARD],
         "ts+scale": ["--no-reweight", *HARD],
         "sed_hard": HARD,
+        "sed_hard_teacher_rois": ["--hard-label-rois", "teacher", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
@@ -175,7 +178,8 @@ SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors
 def inert_fields(cfg):
     """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
     supervised run; the soft targets' fields without distillation and scale term (hard labels only);
-    --hard-pseudo-labels without distillation (the hard labels are on either way);
+    --hard-pseudo-labels without distillation (the hard labels are on either way); --hard-label-rois without
+    hard labels or without the student's box-head outputs on the teacher's proposals;
     --scale-target without the scale term; the re-weighting's shape without re-weighting, and then also
     --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
     inert = set()
@@ -185,6 +189,9 @@ def inert_fields(cfg):
         inert |= SOFT_TARGET_FIELDS
     if not cfg.distill:
         inert.add("hard_pseudo_labels")  # hard labels replace the distillation either way (sed/losses.py)
+    student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
+    if (cfg.distill and not cfg.hard_pseudo_labels) or student_rois_only:
+        inert.add("hard_label_rois")  # no hard labels, or no box-head outputs on the teacher's proposals
     if not cfg.scale_consistency:
         inert |= {"scale_target", "scale_roi"}
     if not cfg.reweight:
@@ -312,8 +319,9 @@ def gain(table, row, reference):
 
 def references(table):
     """{row: the row its AP gain is over}: in each chain (INCREMENTAL, ON_HARD_LABELS) the nearest row above
-    that was run; the variants over sed."""
+    that was run; the variants over sed (sed_hard's: over sed_hard)."""
     reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
+    reference |= {r: "sed_hard" for r in ROWS if r.startswith("sed_hard_") and "sed_hard" in table}
     for chain in (INCREMENTAL, ON_HARD_LABELS):
         present = [r for r in chain if r in table]
         reference |= dict(zip(present[1:], present))

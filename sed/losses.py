@@ -10,6 +10,7 @@
     scale_targets            section 2: what the 0.5x view is compared with (--scale-target)
     scale_consistency_loss   section 2: student 0.5x <-> student full size, levels shifted by one
     hard_pseudo_label_loss   thresholded teacher detections through the supervised losses (baseline)
+    teacher_roi_losses       the same on the student's outputs for the teacher's proposals (--hard-label-rois)
     sed_losses               all of the above that cfg switches on -> dict of named loss tensors
     SEDObjective             supervised + unsupervised losses in one nn.Module forward (for DDP)
     unsup_weight_at          lambda_u as a function of the iteration (burn-in, ramp)
@@ -141,6 +142,7 @@ class StudentOutputs:
     level_sizes: list    # anchors per level P2..P6 (A * H_l * W_l)
     class_logits: Tensor  # [P, C+1] on the given boxes (the teacher's proposals, or them / 2); None: no boxes given
     box_deltas: Tensor   # [P, 4] deltas of the teacher's arg-max foreground class (soft.roi_labels)
+    all_box_deltas: Tensor = None  # [P, (C+1) * 4] every class's deltas (hard labels on the teacher's RoIs)
 
 
 def student_outputs(student, batch, proposals, labels):
@@ -153,7 +155,8 @@ def student_outputs(student, batch, proposals, labels):
     if proposals is None:
         return StudentOutputs(feats, head, obj, deltas, level_sizes, None, None)
     class_logits, box_deltas = student.roi_heads.predict(feats, proposals)
-    return StudentOutputs(feats, head, obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels))
+    return StudentOutputs(feats, head, obj, deltas, level_sizes, class_logits, class_deltas(box_deltas, labels),
+                          box_deltas)
 
 
 def distillation_loss(full, soft, cfg):
@@ -238,12 +241,28 @@ def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
     Faster R-CNN losses on the strong view (design choice: all four, box regression included);
     an image without confident detections is trained as all background. full: the student's
-    StudentOutputs on strong_batch when the distillation already computed them (one backbone and RPN
-    head pass for both terms).
+    StudentOutputs on strong_batch when the distillation or the scale term already computed them: one
+    backbone and RPN head pass for both terms, and with cfg.hard_label_rois "teacher" their box-head
+    outputs on the teacher's proposals are the RoIs of the box-head loss too (`teacher_roi_losses`).
     """
     targets = pseudo_targets(soft.detections, cfg.pseudo_threshold)
-    losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else ()))
+    if full is not None and cfg.hard_label_rois == "teacher":
+        losses = teacher_roi_losses(student, strong_batch, full, soft.proposals, targets)
+    else:
+        losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else ()))
     return {k.replace("loss_", "loss_hard_"): v for k, v in losses.items()}
+
+
+def teacher_roi_losses(student, strong_batch, full, proposals, targets):
+    """The four Faster R-CNN losses of hard targets on outputs the student already has (--hard-label-rois
+    teacher): the RPN loss on full's dense outputs (anchors sampled as in supervised training) and the
+    box-head loss on full's outputs for the teacher's proposals (list of [P_i, 4]), each labelled by IoU
+    >= 0.5 with a target (design choice: every proposal, none sampled and no target box added; the
+    student's own proposals are not computed)."""
+    anchors = torch.cat(student.rpn.anchors(strong_batch, full.features))  # [R, 4]
+    rpn = student.rpn.loss(anchors, full.obj, full.deltas, targets)
+    labels, reg_targets = student.roi_heads.label_all(proposals, targets)
+    return {**rpn, **student.roi_heads.fast_rcnn_loss(full.class_logits, full.all_box_deltas, labels, reg_targets)}
 
 
 def sed_losses(student, strong_batch, small_batch, soft, cfg):

@@ -105,6 +105,13 @@ class RoIHeads(nn.Module):
 
     def losses(self, features, proposals, targets):
         """Fast R-CNN loss on 512 sampled RoIs per image (ground-truth boxes join the proposals)."""
+        rois, labels, reg_targets = self.sample(proposals, targets)
+        return self.fast_rcnn_loss(*self.predict(features, rois), labels, reg_targets)
+
+    def sample(self, proposals, targets):
+        """Per image its proposals and ground-truth boxes, matched, 512 sampled (at most 25 % objects) ->
+        rois list of [S_i, 4], labels [S] (0 background), regression targets [S_fg, 4] of the RoIs with
+        labels > 0, in their order."""
         rois, labels, reg_targets = [], [], []
         for props, target in zip(proposals, targets):
             props = torch.cat([props, target["boxes"]])
@@ -113,13 +120,31 @@ class RoIHeads(nn.Module):
             rois.append(torch.cat([props[pos], props[neg]]))
             labels.append(roi_labels[torch.cat([pos, neg])])
             reg_targets.append(self.box_coder.encode(props[pos], target["boxes"][matched[pos]]))
-        class_logits, deltas = self.predict(features, rois)
-        labels = torch.cat(labels)
+        return rois, torch.cat(labels), torch.cat(reg_targets)
+
+    def label_all(self, rois, targets):
+        """Every RoI matched, none sampled, no box added: rois list of [N_i, 4] -> labels [N] (0 background),
+        regression targets [N_fg, 4] of the RoIs with labels > 0, in their order."""
+        labels, reg_targets = [], []
+        for boxes, target in zip(rois, targets):
+            roi_labels, matched = self.match(boxes, target["boxes"], target["labels"])
+            pos = roi_labels > 0
+            labels.append(roi_labels)
+            reg_targets.append(self.box_coder.encode(boxes[pos], target["boxes"][matched[pos]]))
+        return torch.cat(labels), torch.cat(reg_targets)
+
+    def fast_rcnn_loss(self, class_logits, deltas, labels, reg_targets):
+        """logits [N, C+1], deltas [N, (C+1) * 4], labels [N], reg_targets [N_fg, 4] (`sample`, `label_all`)
+        -> cross-entropy over the N RoIs, smooth L1 of the true class's deltas summed over the objects / N
+        (torchvision's fastrcnn_loss); 0 for N = 0."""
+        if len(labels) == 0:
+            zero = class_logits.sum() * 0.0  # keeps the graph (DDP: every parameter in the loss)
+            return {"loss_classifier": zero, "loss_box_reg": zero}
         pos = torch.where(labels > 0)[0]
         deltas = deltas.reshape(len(deltas), -1, 4)[pos, labels[pos]]  # deltas of the true class
-        loss_box = F.smooth_l1_loss(deltas, torch.cat(reg_targets), beta=1 / 9, reduction="sum")
+        loss_box = F.smooth_l1_loss(deltas, reg_targets, beta=1 / 9, reduction="sum")
         return {"loss_classifier": F.cross_entropy(class_logits, labels),
-                "loss_box_reg": loss_box / max(len(labels), 1)}
+                "loss_box_reg": loss_box / len(labels)}
 
     def match(self, rois, gt_boxes, gt_labels):
         """-> labels [N] (class of the matched object, 0 background), matched gt index [N]."""

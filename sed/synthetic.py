@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Five families (`--family`, `FAMILIES`):
+Six families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -15,6 +15,8 @@ Five families (`--family`, `FAMILIES`):
 - glyphs: generated at stop 19 after every default was set, a fourth family for the pre-registered check
   of the settings to recommend on new data: crescents, arrows, chevrons and square frames (1-7 per
   image, 5 px to 0.55 of the image side) on stripes with clutter;
+- blocks: generated at stop 20, before its check of --hard-label-rois, a fifth family: L shapes, T
+  shapes and bowties (1-6 per image, 6 px to 0.5 of the image side) on a checkerboard with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -47,7 +49,7 @@ class Family:
     min_object_size: int     # px, smallest object side before aspect jitter
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
-    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes"
+    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -63,6 +65,8 @@ FAMILIES = {
     # a fourth family, generated after every default was set (stop 19): other classes, stripes, clutter
     "glyphs": Family(((11, "crescent", 0.35), (13, "arrow", 0.3), (14, "chevron", 0.2), (15, "frame", 0.15)),
                      5, 0.55, 7, "stripes", True),
+    # a fifth family, generated at stop 20 before the check of --hard-label-rois: other classes, a checkerboard
+    "blocks": Family(((16, "ell", 0.4), (17, "tee", 0.35), (18, "bowtie", 0.25)), 6, 0.5, 6, "checker", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -105,6 +109,15 @@ def _draw_shape(name, w, h):
     elif name == "frame":       # a square outline, sides a quarter of the box thick
         d.rectangle([0, 0, r, b], fill=255)
         d.rectangle([r / 4, b / 4, 3 * r / 4, 3 * b / 4], fill=0)
+    elif name == "ell":         # a left bar and a bottom bar, each a third of the box thick
+        d.rectangle([0, 0, r / 3, b], fill=255)
+        d.rectangle([0, 2 * b / 3, r, b], fill=255)
+    elif name == "tee":         # a top bar and a centred stem, each a third of the box thick
+        d.rectangle([0, 0, r, b / 3], fill=255)
+        d.rectangle([r / 3, 0, 2 * r / 3, b], fill=255)
+    elif name == "bowtie":      # two triangles meeting at the centre, bases on the left and right sides
+        d.polygon([(0, 0), (r / 2, b / 2), (0, b)], fill=255)
+        d.polygon([(r, 0), (r / 2, b / 2), (r, b)], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -147,6 +160,14 @@ def _stripes_background(rng, w, h):
     return _blend(c0, c1, t)
 
 
+def _checker_background(rng, w, h):
+    """A checkerboard of two muted colours, random cell size (8-32 px) and offset -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    cell = rng.uniform(8, 32)
+    ys, xs = np.mgrid[0:h, 0:w] + rng.uniform(0, cell, size=(2, 1, 1))
+    return _blend(c0, c1, ((xs // cell + ys // cell) % 2).astype(float))   # t [h, w] in {0, 1}
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -177,7 +198,8 @@ def _clutter(rng, img):
 
 def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
-    backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background}
+    backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
+                   "checker": _checker_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)

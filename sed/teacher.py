@@ -59,22 +59,36 @@ class SoftTargets:
     detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
 
 
+def first_rows(proposals, k):
+    """Indices into torch.cat(proposals) of each image's first k rows: list of [P_i, 4] -> [sum min(P_i, k)]."""
+    starts = torch.tensor([0] + [len(p) for p in proposals[:-1]]).cumsum(0).tolist()
+    return torch.cat([torch.arange(s, s + min(len(p), k)) for s, p in zip(starts, proposals)]).to(proposals[0].device)
+
+
 @torch.no_grad()
 def predict_soft(teacher, weak_batch, cfg):
-    """Teacher forward on the weak batch (from sed.views.make_views) -> SoftTargets."""
+    """Teacher forward on the weak batch (from sed.views.make_views) -> SoftTargets.
+
+    With hard labels the RoI head runs once, on all proposals: `detect`'s pass, whose first
+    cfg.teacher_proposals rows per image (propose() sorts by objectness) are the distillation's RoIs.
+    """
     feats = teacher.features(weak_batch.tensors)
     obj, deltas = teacher.rpn.head(feats)
     level_sizes = [o[0].numel() for o in obj]
     anchors = teacher.rpn.anchors(weak_batch, feats)
     all_proposals = teacher.rpn.propose(anchors, obj, deltas, weak_batch.image_sizes)
-    proposals = [p[:cfg.teacher_proposals] for p in all_proposals]  # propose() sorts by objectness
+    proposals = [p[:cfg.teacher_proposals] for p in all_proposals]
     obj, deltas = (x.float() for x in sed.rpn.flatten_outputs(obj, deltas))  # float32 targets under autocast
-    class_logits, box_deltas = (x.float() for x in teacher.roi_heads.predict(feats, proposals))
+    hard = cfg.hard_pseudo_labels or not cfg.distill
+    class_logits, box_deltas = teacher.roi_heads.predict(feats, all_proposals if hard else proposals)
+    detections = None
+    if hard:  # = teacher.detect(weak_batch), reusing the features and the RoI outputs
+        detections = teacher.roi_heads.detections(class_logits, box_deltas, all_proposals, weak_batch.image_sizes)
+        first = first_rows(all_proposals, cfg.teacher_proposals)
+        class_logits, box_deltas = class_logits[first], box_deltas[first]
+    class_logits, box_deltas = class_logits.float(), box_deltas.float()
     probs = class_logits.softmax(dim=1)
     labels = probs[:, 1:].argmax(dim=1) + 1
-    detections = None
-    if cfg.hard_pseudo_labels or not cfg.distill:  # = teacher.detect(weak_batch), reusing the features
-        detections = teacher.roi_heads.detect(feats, all_proposals, weak_batch.image_sizes)
     sharpen = cfg.target_sharpen  # design choice (SED_NOTES "Known failure mode"): < 1 sharpens the targets
     return SoftTargets(
         rpn_prob=obj.sigmoid(), rpn_target=(obj / sharpen).sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes,

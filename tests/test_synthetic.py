@@ -81,3 +81,13 @@ def test_glyphs_family_classes_and_stripes(tmp_path):
     img, (c0, c1) = synthetic._stripes_background(np.random.default_rng(0), 64, 48)
     pixels = np.asarray(img, dtype=float).reshape(-1, 3)   # every pixel lies between the two stripe colours
     assert (pixels >= np.minimum(c0, c1).astype(int) - 1).all() and (pixels <= np.maximum(c0, c1) + 1).all()
+
+
+def test_blocks_family_classes_and_checkerboard(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="blocks")
+    coco = COCO(str(paths["train_ann"]))
+    assert sorted(coco.getCatIds()) == [16, 17, 18]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {16, 17, 18}
+    img, (c0, c1) = synthetic._checker_background(np.random.default_rng(0), 64, 48)
+    colours = np.unique(np.asarray(img).reshape(-1, 3), axis=0)   # exactly the two cell colours
+    assert len(colours) == 2 and {tuple(c) for c in colours} == {tuple(c0.astype(np.uint8)), tuple(c1.astype(np.uint8))}
