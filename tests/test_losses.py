@@ -300,6 +300,58 @@ def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forwar
     assert calls == ["backbone", "rpn head"]  # one pass on the strong view for both terms
 
 
+def test_label_all_and_fast_rcnn_loss_hand_values():
+    """--hard-label-rois teacher labels every teacher proposal by IoU >= 0.5 with a target (none sampled, no
+    target added) and applies torchvision's Fast R-CNN loss to them."""
+    heads = sed.build_model(num_classes=3, backbone="resnet18", backbone_weights=None).roi_heads
+    rois = [torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 5], [0, 0, 10, 4], [20, 20, 30, 30]])]
+    target = {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([2])}
+    labels, reg_targets = heads.label_all(rois, [target])
+    assert labels.tolist() == [2, 2, 0, 0]  # IoU 1, 0.5, 0.4, 0
+    # the second RoI [0, 0, 10, 5] -> the target: dy = 10 * (5 - 2.5) / 5 = 5, dh = 5 * ln(10 / 5)
+    assert torch.allclose(reg_targets, torch.tensor([[0.0, 0, 0, 0], [0, 5, 0, 5 * math.log(2)]]), atol=1e-5)
+    logits, deltas = torch.zeros(4, 4), torch.zeros(4, 16)
+    losses = heads.fast_rcnn_loss(logits, deltas, labels, reg_targets)
+    assert losses["loss_classifier"].item() == pytest.approx(math.log(4), rel=1e-5)  # uniform over C + 1 = 4
+    # smooth L1 (beta 1/9) of the deltas 0 against 5 and 5 ln 2, summed, over the 4 RoIs
+    assert losses["loss_box_reg"].item() == pytest.approx((smooth_l1(5) + smooth_l1(5 * LN2)) / 4, rel=1e-5)
+    empty = heads.fast_rcnn_loss(logits[:0], deltas[:0], labels[:0], reg_targets[:0])
+    assert all(v.item() == 0 for v in empty.values())  # no proposals: 0, not NaN
+
+
+def test_hard_labels_on_the_teacher_rois_reuse_the_student_box_head_pass(tiny):
+    """--hard-label-rois teacher: the hard labels' box-head loss is the cross-entropy of the student's outputs
+    on the teacher's proposals (those of the distillation) against their IoU labels; the student's box head
+    runs once per view and no student proposals are made."""
+    student, teacher, images = tiny
+    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=32, hard_label_rois="teacher")
+    weak, strong, small = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    scores = torch.cat([d["scores"] for d in soft.detections])
+    cfg = dataclasses.replace(cfg, pseudo_threshold=scores.quantile(0.9).item())  # a few boxes per image
+    targets = [{"boxes": d["boxes"][d["scores"] >= cfg.pseudo_threshold],
+                "labels": d["labels"][d["scores"] >= cfg.pseudo_threshold]} for d in soft.detections]
+    calls = []
+    predict, propose = student.roi_heads.predict, student.rpn.propose
+    student.roi_heads.predict = lambda feats, boxes: calls.append("box head") or predict(feats, boxes)
+    student.rpn.propose = lambda *a: calls.append("propose") or propose(*a)
+    try:
+        losses = sed_losses(student, strong, small, soft, cfg)
+    finally:
+        del student.roi_heads.predict, student.rpn.propose
+    assert calls == ["box head", "box head"]  # the full-size view and the 0.5x view, nothing else
+    full = student_outputs(student, strong, soft.proposals, soft.roi_labels)
+    labels, _ = student.roi_heads.label_all(soft.proposals, targets)
+    assert 0 < (labels > 0).sum() < len(labels)
+    expected = torch.nn.functional.cross_entropy(full.class_logits, labels)
+    assert losses["loss_hard_classifier"].item() == pytest.approx(expected.item(), rel=1e-5)
+    student.zero_grad()
+    losses["loss_hard_classifier"].backward()
+    assert student.roi_heads.predictor.cls_score.weight.grad.abs().sum() > 0
+    assert any(q.grad is not None and q.grad.abs().sum() > 0 for q in student.backbone.parameters())  # shared features
+    assert all(q.grad is None for q in teacher.parameters())
+
+
 def background_teacher(student):
     """A teacher certain that everything is background: no proposal scores, no detection survives."""
     teacher = make_teacher(student)
@@ -338,10 +390,12 @@ def test_every_switch_combination_gives_finite_losses(tiny, distill, scale, rewe
     assert all(torch.isfinite(q.grad).all() for q in student.parameters() if q.grad is not None)
 
 
-@pytest.mark.parametrize("distill,scale", [(True, True), (False, True), (False, False)])
-def test_no_confident_object_and_no_proposals_give_finite_losses(tiny, distill, scale):
+@pytest.mark.parametrize("distill,scale,rois", [(True, True, "student"), (False, True, "student"),
+                                                (False, False, "student"), (True, True, "teacher")])
+def test_no_confident_object_and_no_proposals_give_finite_losses(tiny, distill, scale, rois):
     student, _, images = tiny
-    cfg = TrainConfig(distill=distill, scale_consistency=scale, hard_pseudo_labels=True, teacher_proposals=32)
+    cfg = TrainConfig(distill=distill, scale_consistency=scale, hard_pseudo_labels=True, teacher_proposals=32,
+                      hard_label_rois=rois)
     weak, strong, small = make_views(student, images, cfg, min_size=64)
     soft = predict_soft(background_teacher(student), weak, cfg)
     assert all(len(d["boxes"]) == 0 for d in soft.detections)  # nothing passes the threshold

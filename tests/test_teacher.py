@@ -84,6 +84,11 @@ def test_predict_soft_shapes_and_values():
     for mine, ref in zip(soft.detections, teacher.detect(weak)):
         assert torch.equal(mine["boxes"], ref["boxes"]) and torch.equal(mine["labels"], ref["labels"])
     assert predict_soft(teacher, weak, TrainConfig(hard_pseudo_labels=False)).detections is None  # not needed: not computed
+    calls = []
+    predict = teacher.roi_heads.predict
+    teacher.roi_heads.predict = lambda feats, boxes: calls.append(sum(map(len, boxes))) or predict(feats, boxes)
+    predict_soft(teacher, weak, cfg)
+    assert calls == [sum(len(d) for d in teacher.rpn(weak, soft.features)[0])]  # one RoI-head pass: all proposals
 
 
 def test_target_sharpen_divides_the_teacher_logits_and_leaves_the_weights():
