@@ -105,6 +105,9 @@ class TrainConfig:
                                  "distillation and scale targets: one box-head pass for all terms, no student "
                                  "proposals); without those outputs (the teacher-student baseline) always student",
                                  "student")
+    hard_label_roi_fraction: float = _help("design choice: RoIs sampled per unlabeled image for the hard labels' "
+                                           "box-head loss (--hard-label-rois student), as a fraction of "
+                                           "--roi-batch-size; 1 = as many as for a labeled image", 1.0)
     distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
     weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
     weight_floor: float = _help("lower bound of the classification weights", 0.0)
@@ -179,6 +182,8 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.distill_reg_weight >= 0, f"distill_reg_weight must be >= 0, got {cfg.distill_reg_weight}"),
         (cfg.target_sharpen > 0, f"target_sharpen must be > 0, got {cfg.target_sharpen}"),
         (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
+        (0 < cfg.hard_label_roi_fraction <= 1,
+         f"hard_label_roi_fraction must be in (0, 1], got {cfg.hard_label_roi_fraction}"),
         (cfg.hard_label_rois in HARD_LABEL_ROIS,
          f"hard_label_rois must be one of {HARD_LABEL_ROIS}, got {cfg.hard_label_rois!r}"),
         (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",

@@ -21,6 +21,8 @@ regression too):
     sed_hard          + re-weighting = SED plus the hard-label loss
     sed_hard_teacher_rois  sed_hard with the hard labels' box-head loss on the teacher's proposals
                       (--hard-label-rois teacher: one student box-head pass for every term)
+    sed_hard_quarter_rois  sed_hard with a quarter of the RoIs sampled per unlabeled image for the hard
+                      labels' box-head loss (--hard-label-roi-fraction 0.25)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -70,6 +72,7 @@ ROWS = {"supervised": None,
         "ts+scale": ["--no-reweight", *HARD],
         "sed_hard": HARD,
         "sed_hard_teacher_rois": ["--hard-label-rois", "teacher", *HARD],
+        "sed_hard_quarter_rois": ["--hard-label-roi-fraction", "0.25", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
@@ -179,7 +182,8 @@ def inert_fields(cfg):
     """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
     supervised run; the soft targets' fields without distillation and scale term (hard labels only);
     --hard-pseudo-labels without distillation (the hard labels are on either way); --hard-label-rois without
-    hard labels or without the student's box-head outputs on the teacher's proposals;
+    hard labels or without the student's box-head outputs on the teacher's proposals; --hard-label-roi-fraction
+    without hard labels or with them on the teacher's proposals;
     --scale-target without the scale term; the re-weighting's shape without re-weighting, and then also
     --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
     inert = set()
@@ -192,6 +196,8 @@ def inert_fields(cfg):
     student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
     if (cfg.distill and not cfg.hard_pseudo_labels) or student_rois_only:
         inert.add("hard_label_rois")  # no hard labels, or no box-head outputs on the teacher's proposals
+    if (cfg.distill and not cfg.hard_pseudo_labels) or (cfg.hard_label_rois == "teacher" and not student_rois_only):
+        inert.add("hard_label_roi_fraction")  # no hard labels, or none sampled from the student's proposals
     if not cfg.scale_consistency:
         inert |= {"scale_target", "scale_roi"}
     if not cfg.reweight:

@@ -239,7 +239,8 @@ def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
     """Classic thresholded pseudo-labels (SED_NOTES section 1, the teacher-student baseline).
 
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
-    Faster R-CNN losses on the strong view (design choice: all four, box regression included);
+    Faster R-CNN losses on the strong view (design choice: all four, box regression included), the
+    box-head loss on cfg.hard_label_roi_fraction of the RoIs sampled per labeled image (design choice);
     an image without confident detections is trained as all background. full: the student's
     StudentOutputs on strong_batch when the distillation or the scale term already computed them: one
     backbone and RPN head pass for both terms, and with cfg.hard_label_rois "teacher" their box-head
@@ -249,7 +250,9 @@ def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
     if full is not None and cfg.hard_label_rois == "teacher":
         losses = teacher_roi_losses(student, strong_batch, full, soft.proposals, targets)
     else:
-        losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else ()))
+        roi_batch_size = max(1, round(cfg.hard_label_roi_fraction * student.roi_heads.batch_size_per_image))
+        losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else (None, None)),
+                                roi_batch_size=roi_batch_size)
     return {k.replace("loss_", "loss_hard_"): v for k, v in losses.items()}
 
 

@@ -43,13 +43,14 @@ class FasterRCNN(nn.Module):
         """[B, 3, H, W] normalised batch -> [P2, P3, P4, P5, P6], strides 4 ... 64."""
         return self.backbone(tensors)
 
-    def losses(self, batch, targets, features=None, rpn_head=None):
+    def losses(self, batch, targets, features=None, rpn_head=None, roi_batch_size=None):
         """The four Faster R-CNN losses for an already transformed batch and its targets; features and
         rpn_head: the batch's `features` and `rpn.head(features)`, if already computed (SED shares the
-        strong view's with its hard-label loss)."""
+        strong view's with its hard-label loss); roi_batch_size: RoIs sampled per image (None: the
+        model's)."""
         features = self.features(batch.tensors) if features is None else features
         proposals, rpn_losses = self.rpn(batch, features, targets, rpn_head)
-        return {**rpn_losses, **self.roi_heads.losses(features, proposals, targets)}
+        return {**rpn_losses, **self.roi_heads.losses(features, proposals, targets, roi_batch_size)}
 
     def detect(self, batch):
         """Detections of an already transformed batch, in its (resized) pixels."""

@@ -103,20 +103,20 @@ class RoIHeads(nn.Module):
         pooled = self.roi_align(features[:4], boxes)  # P6 feeds the RPN only
         return self.predictor(self.box_head(pooled))
 
-    def losses(self, features, proposals, targets):
-        """Fast R-CNN loss on 512 sampled RoIs per image (ground-truth boxes join the proposals)."""
-        rois, labels, reg_targets = self.sample(proposals, targets)
+    def losses(self, features, proposals, targets, batch_size=None):
+        """Fast R-CNN loss on 512 (batch_size) sampled RoIs per image (ground-truth boxes join the proposals)."""
+        rois, labels, reg_targets = self.sample(proposals, targets, batch_size or self.batch_size_per_image)
         return self.fast_rcnn_loss(*self.predict(features, rois), labels, reg_targets)
 
-    def sample(self, proposals, targets):
-        """Per image its proposals and ground-truth boxes, matched, 512 sampled (at most 25 % objects) ->
-        rois list of [S_i, 4], labels [S] (0 background), regression targets [S_fg, 4] of the RoIs with
+    def sample(self, proposals, targets, batch_size):
+        """Per image its proposals and ground-truth boxes, matched, batch_size sampled (at most 25 % objects)
+        -> rois list of [S_i, 4], labels [S] (0 background), regression targets [S_fg, 4] of the RoIs with
         labels > 0, in their order."""
         rois, labels, reg_targets = [], [], []
         for props, target in zip(proposals, targets):
             props = torch.cat([props, target["boxes"]])
             roi_labels, matched = self.match(props, target["boxes"], target["labels"])
-            pos, neg = sample_balanced(roi_labels, self.batch_size_per_image, self.positive_fraction)
+            pos, neg = sample_balanced(roi_labels, batch_size, self.positive_fraction)
             rois.append(torch.cat([props[pos], props[neg]]))
             labels.append(roi_labels[torch.cat([pos, neg])])
             reg_targets.append(self.box_coder.encode(props[pos], target["boxes"][matched[pos]]))

@@ -300,6 +300,27 @@ def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forwar
     assert calls == ["backbone", "rpn head"]  # one pass on the strong view for both terms
 
 
+@pytest.mark.parametrize("fraction,expected", [(1.0, 32), (0.25, 8)])
+def test_hard_label_roi_fraction_samples_fewer_rois_per_unlabeled_image(tiny, fraction, expected):
+    """--hard-label-roi-fraction: the hard labels' box-head loss samples that fraction of --roi-batch-size
+    (32 in `tiny`) RoIs per image from the student's proposals; the labeled images keep all 32."""
+    student, teacher, images = tiny
+    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=16,
+                      hard_label_roi_fraction=fraction)
+    weak, strong, _ = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    scores = torch.cat([d["scores"] for d in soft.detections])
+    cfg = dataclasses.replace(cfg, pseudo_threshold=scores.quantile(0.95).item())  # a few boxes: negatives abound
+    sizes = []
+    predict = student.roi_heads.predict
+    student.roi_heads.predict = lambda feats, boxes: sizes.append([len(b) for b in boxes]) or predict(feats, boxes)
+    try:
+        hard_pseudo_label_loss(student, strong, soft, cfg)
+    finally:
+        del student.roi_heads.predict
+    assert sizes == [[expected, expected]]  # 64 proposals per image: the sample is full
+
+
 def test_label_all_and_fast_rcnn_loss_hand_values():
     """--hard-label-rois teacher labels every teacher proposal by IoU >= 0.5 with a target (none sampled, no
     target added) and applies torchvision's Fast R-CNN loss to them."""
