@@ -193,11 +193,12 @@ def inert_fields(cfg):
         inert |= SOFT_TARGET_FIELDS
     if not cfg.distill:
         inert.add("hard_pseudo_labels")  # hard labels replace the distillation either way (sed/losses.py)
+    no_hard_labels = cfg.distill and not cfg.hard_pseudo_labels
     student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
-    if (cfg.distill and not cfg.hard_pseudo_labels) or student_rois_only:
-        inert.add("hard_label_rois")  # no hard labels, or no box-head outputs on the teacher's proposals
-    if (cfg.distill and not cfg.hard_pseudo_labels) or (cfg.hard_label_rois == "teacher" and not student_rois_only):
-        inert.add("hard_label_roi_fraction")  # no hard labels, or none sampled from the student's proposals
+    if no_hard_labels or student_rois_only:
+        inert.add("hard_label_rois")  # no box-head outputs on the teacher's proposals to reuse
+    if no_hard_labels or (cfg.hard_label_rois == "teacher" and not student_rois_only):
+        inert.add("hard_label_roi_fraction")  # none sampled from the student's proposals
     if not cfg.scale_consistency:
         inert |= {"scale_target", "scale_roi"}
     if not cfg.reweight:
