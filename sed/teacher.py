@@ -59,12 +59,6 @@ class SoftTargets:
     detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
 
 
-def first_rows(proposals, k):
-    """Indices into torch.cat(proposals) of each image's first k rows: list of [P_i, 4] -> [sum min(P_i, k)]."""
-    starts = torch.tensor([0] + [len(p) for p in proposals[:-1]]).cumsum(0).tolist()
-    return torch.cat([torch.arange(s, s + min(len(p), k)) for s, p in zip(starts, proposals)]).to(proposals[0].device)
-
-
 @torch.no_grad()
 def predict_soft(teacher, weak_batch, cfg):
     """Teacher forward on the weak batch (from sed.views.make_views) -> SoftTargets.
@@ -84,8 +78,9 @@ def predict_soft(teacher, weak_batch, cfg):
     detections = None
     if hard:  # = teacher.detect(weak_batch), reusing the features and the RoI outputs
         detections = teacher.roi_heads.detections(class_logits, box_deltas, all_proposals, weak_batch.image_sizes)
-        first = first_rows(all_proposals, cfg.teacher_proposals)
-        class_logits, box_deltas = class_logits[first], box_deltas[first]
+        per_image = [len(p) for p in all_proposals]  # each image's first rows: the distillation's RoIs
+        class_logits, box_deltas = (torch.cat([x[:cfg.teacher_proposals] for x in t.split(per_image)])
+                                    for t in (class_logits, box_deltas))
     class_logits, box_deltas = class_logits.float(), box_deltas.float()
     probs = class_logits.softmax(dim=1)
     labels = probs[:, 1:].argmax(dim=1) + 1

@@ -303,7 +303,7 @@ def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forwar
 @pytest.mark.parametrize("fraction,expected", [(1.0, 32), (0.25, 8)])
 def test_hard_label_roi_fraction_samples_fewer_rois_per_unlabeled_image(tiny, fraction, expected):
     """--hard-label-roi-fraction: the hard labels' box-head loss samples that fraction of --roi-batch-size
-    (32 in `tiny`) RoIs per image from the student's proposals; the labeled images keep all 32."""
+    (32 in `tiny`) RoIs per image from the student's proposals."""
     student, teacher, images = tiny
     cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=16,
                       hard_label_roi_fraction=fraction)
