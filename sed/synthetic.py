@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Six families (`--family`, `FAMILIES`):
+Seven families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -17,6 +17,8 @@ Six families (`--family`, `FAMILIES`):
   image, 5 px to 0.55 of the image side) on stripes with clutter;
 - blocks: generated at stop 20, before its check of --hard-label-rois, a fifth family: L shapes, T
   shapes and bowties (1-6 per image, 6 px to 0.5 of the image side) on a checkerboard with clutter;
+- marks: generated at stop 21, before its check of --teacher-proposals, a sixth family: kites, houses
+  and hourglasses (1-5 per image, 5 px to 0.5 of the image side) on polka dots with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -49,7 +51,7 @@ class Family:
     min_object_size: int     # px, smallest object side before aspect jitter
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
-    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker"
+    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -67,6 +69,8 @@ FAMILIES = {
                      5, 0.55, 7, "stripes", True),
     # a fifth family, generated at stop 20 before the check of --hard-label-rois: other classes, a checkerboard
     "blocks": Family(((16, "ell", 0.4), (17, "tee", 0.35), (18, "bowtie", 0.25)), 6, 0.5, 6, "checker", True),
+    # a sixth family, generated at stop 21 before the check of --teacher-proposals: other classes, polka dots
+    "marks": Family(((19, "kite", 0.45), (20, "house", 0.35), (21, "hourglass", 0.2)), 5, 0.5, 5, "dots", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -118,6 +122,13 @@ def _draw_shape(name, w, h):
     elif name == "bowtie":      # two triangles meeting at the centre, bases on the left and right sides
         d.polygon([(0, 0), (r / 2, b / 2), (0, b)], fill=255)
         d.polygon([(r, 0), (r / 2, b / 2), (r, b)], fill=255)
+    elif name == "kite":        # top and bottom points, widest a third of the way down
+        d.polygon([(r / 2, 0), (r, b / 3), (r / 2, b), (0, b / 3)], fill=255)
+    elif name == "house":       # a square body, its lower 0.6 of the box, under a triangular roof
+        d.polygon([(r / 2, 0), (r, 0.4 * b), (r, b), (0, b), (0, 0.4 * b)], fill=255)
+    elif name == "hourglass":   # two triangles meeting at the centre, bases on the top and bottom sides
+        d.polygon([(0, 0), (r, 0), (r / 2, b / 2)], fill=255)
+        d.polygon([(0, b), (r, b), (r / 2, b / 2)], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -168,6 +179,16 @@ def _checker_background(rng, w, h):
     return _blend(c0, c1, ((xs // cell + ys // cell) % 2).astype(float))   # t [h, w] in {0, 1}
 
 
+def _dots_background(rng, w, h):
+    """Polka dots of one muted colour on another, random spacing (8-24 px) and offset, dot diameter half
+    the spacing -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    spacing = rng.uniform(8, 24)
+    ys, xs = np.mgrid[0:h, 0:w] + rng.uniform(0, spacing, size=(2, 1, 1))
+    dy, dx = ys % spacing - spacing / 2, xs % spacing - spacing / 2      # offset from the nearest dot centre
+    return _blend(c0, c1, (np.hypot(dx, dy) <= spacing / 4).astype(float))   # t [h, w] in {0, 1}
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -199,7 +220,7 @@ def _clutter(rng, img):
 def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
-                   "checker": _checker_background}
+                   "checker": _checker_background, "dots": _dots_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)

@@ -91,3 +91,15 @@ def test_blocks_family_classes_and_checkerboard(tmp_path):
     img, (c0, c1) = synthetic._checker_background(np.random.default_rng(0), 64, 48)
     colours = np.unique(np.asarray(img).reshape(-1, 3), axis=0)   # exactly the two cell colours
     assert len(colours) == 2 and {tuple(c) for c in colours} == {tuple(c0.astype(np.uint8)), tuple(c1.astype(np.uint8))}
+
+
+def test_marks_family_classes_and_dots(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="marks")
+    coco = COCO(str(paths["train_ann"]))
+    assert sorted(coco.getCatIds()) == [19, 20, 21]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {19, 20, 21}
+    img, (c0, c1) = synthetic._dots_background(np.random.default_rng(0), 64, 48)
+    pixels = np.asarray(img).reshape(-1, 3)
+    colours, counts = np.unique(pixels, axis=0, return_counts=True)   # exactly the two colours, the ground most
+    assert len(colours) == 2 and {tuple(c) for c in colours} == {tuple(c0.astype(np.uint8)), tuple(c1.astype(np.uint8))}
+    assert (pixels == c0.astype(np.uint8)).all(axis=1).sum() == counts.max()
