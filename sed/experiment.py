@@ -23,8 +23,9 @@ regression too):
                       (--hard-label-rois teacher: one student box-head pass for every term)
     sed_hard_quarter_rois  sed_hard with a quarter of the RoIs sampled per unlabeled image for the hard
                       labels' box-head loss (--hard-label-roi-fraction 0.25)
-    sed_hard_16_proposals, sed_hard_8_proposals, sed_hard_4_proposals  sed_hard distilling on fewer of the
-                      teacher's proposals per image (--teacher-proposals 16, 8, 4 instead of 32)
+    sed_hard_16_proposals, sed_hard_8_proposals, sed_hard_4_proposals, sed_hard_64_proposals  sed_hard
+                      distilling on fewer or more of the teacher's proposals per image (--teacher-proposals
+                      16, 8, 4, 64 instead of 32)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -78,6 +79,7 @@ ROWS = {"supervised": None,
         "sed_hard_16_proposals": ["--teacher-proposals", "16", *HARD],
         "sed_hard_8_proposals": ["--teacher-proposals", "8", *HARD],
         "sed_hard_4_proposals": ["--teacher-proposals", "4", *HARD],
+        "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
