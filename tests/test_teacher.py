@@ -79,7 +79,9 @@ def test_predict_soft_shapes_and_values():
     assert torch.allclose(soft.roi_fg, 1 - probs[:, 0])
     assert torch.equal(soft.roi_labels, probs[:, 1:].argmax(1) + 1)
     assert torch.allclose(soft.roi_probs, (logits / 2).softmax(1))
-    assert torch.equal(soft.roi_deltas, deltas.view(P, 4, 4)[torch.arange(P), soft.roi_labels])
+    # allclose, not equal: predict_soft's rows come from one pass over all proposals (a larger matmul), whose
+    # float rounding depends on the CPU's kernels (bitwise equal on stop 20's machine; 3.4e-7 apart on stop 21's)
+    assert torch.allclose(soft.roi_deltas, deltas.view(P, 4, 4)[torch.arange(P), soft.roi_labels], atol=1e-6)
     # hard-label detections equal teacher.detect on the weak batch
     for mine, ref in zip(soft.detections, teacher.detect(weak)):
         assert torch.equal(mine["boxes"], ref["boxes"]) and torch.equal(mine["labels"], ref["labels"])
