@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Seven families (`--family`, `FAMILIES`):
+Eight families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -19,6 +19,8 @@ Seven families (`--family`, `FAMILIES`):
   shapes and bowties (1-6 per image, 6 px to 0.5 of the image side) on a checkerboard with clutter;
 - marks: generated at stop 21, before its check of --teacher-proposals, a sixth family: kites, houses
   and hourglasses (1-5 per image, 5 px to 0.5 of the image side) on polka dots with clutter;
+- signs: generated at stop 22, before any run on it, a seventh family for checking the defaults again:
+  parallelograms, octagons and arches (1-6 per image, 6 px to 0.5 of the image side) on plaid with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -51,7 +53,7 @@ class Family:
     min_object_size: int     # px, smallest object side before aspect jitter
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
-    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots"
+    background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -71,6 +73,9 @@ FAMILIES = {
     "blocks": Family(((16, "ell", 0.4), (17, "tee", 0.35), (18, "bowtie", 0.25)), 6, 0.5, 6, "checker", True),
     # a sixth family, generated at stop 21 before the check of --teacher-proposals: other classes, polka dots
     "marks": Family(((19, "kite", 0.45), (20, "house", 0.35), (21, "hourglass", 0.2)), 5, 0.5, 5, "dots", True),
+    # a seventh family, generated at stop 22 before any run on it: other classes, plaid
+    "signs": Family(((22, "parallelogram", 0.4), (23, "octagon", 0.35), (24, "arch", 0.25)), 6, 0.5, 6, "plaid",
+                    True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -129,6 +134,14 @@ def _draw_shape(name, w, h):
     elif name == "hourglass":   # two triangles meeting at the centre, bases on the top and bottom sides
         d.polygon([(0, 0), (r, 0), (r / 2, b / 2)], fill=255)
         d.polygon([(0, b), (r, b), (r / 2, b / 2)], fill=255)
+    elif name == "parallelogram":  # top side shifted right by a third of the box
+        d.polygon([(r / 3, 0), (r, 0), (2 * r / 3, b), (0, b)], fill=255)
+    elif name == "octagon":     # the box with its corners cut at a third of each side
+        d.polygon([(r / 3, 0), (2 * r / 3, 0), (r, b / 3), (r, 2 * b / 3), (2 * r / 3, b), (r / 3, b),
+                   (0, 2 * b / 3), (0, b / 3)], fill=255)
+    elif name == "arch":        # the box less a half-ellipse opening at the bottom, half the box wide and high
+        d.rectangle([0, 0, r, b], fill=255)
+        d.ellipse([r / 4, b / 2, 3 * r / 4, 1.5 * b], fill=0)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -189,6 +202,18 @@ def _dots_background(rng, w, h):
     return _blend(c0, c1, (np.hypot(dx, dy) <= spacing / 4).astype(float))   # t [h, w] in {0, 1}
 
 
+def _plaid_background(rng, w, h):
+    """Two perpendicular sinusoidal stripe patterns between two muted colours, averaged: random period
+    (8-28 px) and direction -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    angle, period = rng.uniform(0, np.pi / 2), rng.uniform(8, 28)
+    ys, xs = np.mgrid[0:h, 0:w]
+    u = xs * np.cos(angle) + ys * np.sin(angle)                    # [h, w] along one direction
+    v = -xs * np.sin(angle) + ys * np.cos(angle)                   # [h, w] along the perpendicular one
+    t = 0.5 + 0.25 * (np.sin(2 * np.pi * u / period) + np.sin(2 * np.pi * v / period))   # [h, w] in [0, 1]
+    return _blend(c0, c1, t)
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -220,7 +245,7 @@ def _clutter(rng, img):
 def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
-                   "checker": _checker_background, "dots": _dots_background}
+                   "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -306,7 +331,8 @@ def main(argv=None):
     p.add_argument("--family", choices=sorted(FAMILIES), default="shapes",
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
-                        "easy: 3 large shapes, no clutter (the demo)")
+                        "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
+                        "plaid (all three with clutter); easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),

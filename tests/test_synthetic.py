@@ -74,13 +74,15 @@ def test_polygons_family_classes(tmp_path):
     assert {a["category_id"] for a in coco.dataset["annotations"]} == {4, 6, 10}
 
 
-def test_glyphs_family_classes_and_stripes(tmp_path):
-    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="glyphs")
+@pytest.mark.parametrize("family, ids, background", [("glyphs", [11, 13, 14, 15], synthetic._stripes_background),
+                                                    ("signs", [22, 23, 24], synthetic._plaid_background)])
+def test_blended_families_classes_and_background(tmp_path, family, ids, background):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family=family)
     coco = COCO(str(paths["train_ann"]))
-    assert sorted(coco.getCatIds()) == [11, 13, 14, 15]
-    assert {a["category_id"] for a in coco.dataset["annotations"]} == {11, 13, 14, 15}
-    img, (c0, c1) = synthetic._stripes_background(np.random.default_rng(0), 64, 48)
-    pixels = np.asarray(img, dtype=float).reshape(-1, 3)   # every pixel lies between the two stripe colours
+    assert sorted(coco.getCatIds()) == ids
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == set(ids)
+    img, (c0, c1) = background(np.random.default_rng(0), 64, 48)
+    pixels = np.asarray(img, dtype=float).reshape(-1, 3)   # every pixel lies between the two colours
     assert (pixels >= np.minimum(c0, c1).astype(int) - 1).all() and (pixels <= np.maximum(c0, c1) + 1).all()
 
 
