@@ -87,8 +87,10 @@ def parse_args(argv=None):
     if args.val_ann:
         if not os.path.isfile(args.val_ann):
             p.error(f"--val-ann: file not found: {args.val_ann}")
-        if not args.val_images or not os.path.isdir(args.val_images):
-            p.error(f"--val-images: directory not found: {args.val_images} (required with --val-ann)")
+        if not args.val_images:
+            p.error("--val-images: required with --val-ann (the directory of its images)")
+        if not os.path.isdir(args.val_images):
+            p.error(f"--val-images: directory not found: {args.val_images}")
     else:
         if args.val_images or args.json:
             p.error("--val-images and --json need --val-ann (no metrics without annotations)")
@@ -97,6 +99,8 @@ def parse_args(argv=None):
         if not image_files(args.images):
             p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images}")
         args.dets = args.dets or str(Path(args.images)) + "_detections.json"
+    if not 0 <= args.score_thr <= 1:
+        p.error(f"--score-thr must be in [0, 1] (a score), got {args.score_thr}")
     if args.max_images < 0:
         p.error(f"--max-images must be >= 0, got {args.max_images}")
     return args
@@ -136,6 +140,9 @@ def run(args):
 
     if args.val_ann:
         data = CocoDetection(args.val_ann, args.val_images)
+        if data.num_boxes() == 0:
+            raise UserError(f"{args.val_ann}: no boxes (none annotated, or crowd only): COCO AP is undefined "
+                            "without ground truth; --images runs the detector without metrics")
         if names is not None and names != data.class_names:
             raise UserError(f"{args.val_ann}: classes {data.class_names} differ from the checkpoint's {names}")
         check_image_files(data)

@@ -41,6 +41,7 @@ begins as a copy of the student, exactly as after a burn-in of B iterations (sed
 Outputs in --out: config.json, log.jsonl (one line per --log-every iterations), metrics.jsonl
 (COCO AP etc. in percent after each evaluation), last.pt (atomic; kept when a loss is non-finite).
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -101,6 +102,16 @@ def sed_step(objective, teacher, student, images, targets, unlabeled_images, it,
             soft = predict_soft(teacher, weak, cfg)  # no grad: soft targets and their weights
             sup, unsup = objective(images, targets, strong, small, soft)  # named terms, sed/losses.py
     return {**sup, **unsup, "total": sum(sup.values()) + weight * sum(unsup.values())}
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restores every random generator of the training loop (sed.checkpoint.rng_state) on exit."""
+    state = rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def all_finite(loss, dist_info):
@@ -174,6 +185,16 @@ def train(cfg):
     if cfg.num_classes and cfg.num_classes != labeled.num_classes:
         raise UserError(f"--num-classes: wrong class count: --num-classes {cfg.num_classes} but the "
                         f"training annotations have {labeled.num_classes} categories")
+    if labeled.num_boxes() == 0:
+        raise UserError(f"--train-ann: the {len(labeled)} labeled images have no boxes (none annotated, "
+                        "or crowd only): nothing to train a detector on")
+    if val is not None and val.num_boxes() == 0:
+        raise UserError(f"--val-ann: {cfg.val_ann} has no boxes (none annotated, or crowd only): COCO AP is "
+                        "undefined without ground truth")
+    if val is not None and val.label_to_cat_id != labeled.label_to_cat_id:  # eval.py checks the same
+        raise UserError(f"--val-ann: categories {val.class_names} (ids {sorted(val.label_to_cat_id.values())}) "
+                        f"differ from the training annotations' {labeled.class_names} "
+                        f"(ids {sorted(labeled.label_to_cat_id.values())})")
     check_image_files(labeled, unlabeled, val)  # one stat per file, here rather than hours in
     if cfg.verify_images and master:  # decode everything: minutes for COCO, so only when asked
         verify_images([labeled, unlabeled, val], cfg.workers)
@@ -182,8 +203,11 @@ def train(cfg):
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
         print(describe_batch(cfg, dist_info.world_size))
         print("labeled:", labeled.summary())
-        if unlabeled is not None:
+        if unlabeled is not None and cfg.method == "sed":
             print("unlabeled:", unlabeled.summary())
+        elif cfg.unlabeled_images or cfg.unlabeled_ann:
+            print("note: --method supervised trains on the labeled images only; "
+                  "--unlabeled-images and --unlabeled-ann are not used")
         os.makedirs(cfg.out, exist_ok=True)
         remove_stale_temporaries(os.path.join(cfg.out, "last.pt"))  # what a kill during a write left
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
@@ -340,10 +364,11 @@ def train(cfg):
             if done % cfg.log_every == 0 or done == cfg.max_iter:
                 log("log.jsonl", {"iteration": done, **values, "lr": lr, "data_time": round(data_time, 4),
                                   "step_time": round(step_time, 4)})
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter:
-            run_eval(done)
         if done % cfg.checkpoint_every == 0 or done == cfg.max_iter:
-            save(done)  # after the evaluation: the saved RNG state is the one the next step sees
+            save(done)  # before the evaluation: a failing evaluation (a bad val image) loses no training
+        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter:
+            with preserved_rng():  # the evaluation draws no number of the training's (exact resume)
+                run_eval(done)
         t0 = time.perf_counter()
     bar.close()
     if writer is not None:

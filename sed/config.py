@@ -198,6 +198,16 @@ def validate(cfg: TrainConfig, check_files=True):
         (len(cfg.min_size) > 0 and min(cfg.min_size) > 0, f"min_size must be positive, got {cfg.min_size}"),
         (0 <= cfg.trainable_layers <= 5, f"trainable_layers must be in 0..5, got {cfg.trainable_layers}"),
         (0 <= cfg.ema_momentum <= 1, f"ema_momentum must be in [0, 1], got {cfg.ema_momentum}"),
+        (cfg.unsup_weight >= 0, f"unsup_weight must be >= 0, got {cfg.unsup_weight}"),
+        (0 <= cfg.pseudo_threshold <= 1, f"pseudo_threshold must be in [0, 1] (a score), got {cfg.pseudo_threshold}"),
+        (cfg.teacher_proposals >= 1, f"teacher_proposals must be >= 1, got {cfg.teacher_proposals}"),
+        (cfg.weight_gamma >= 0, f"weight_gamma must be >= 0, got {cfg.weight_gamma}"),
+        (cfg.burn_in_iters >= 0 and cfg.rampup_iters >= 0,
+         f"burn_in_iters and rampup_iters must be >= 0, got {cfg.burn_in_iters} and {cfg.rampup_iters}"),
+        (cfg.distill_temperature > 0, f"distill_temperature must be > 0, got {cfg.distill_temperature}"),
+        (0 <= cfg.weight_floor <= 1, f"weight_floor must be in [0, 1], got {cfg.weight_floor}"),
+        (0 <= cfg.distill_reg_threshold <= 1,
+         f"distill_reg_threshold must be in [0, 1] (a probability), got {cfg.distill_reg_threshold}"),
         (cfg.lr_steps == sorted(cfg.lr_steps), f"lr_steps must be increasing, got {cfg.lr_steps}"),
         (len(cfg.anchor_sizes) == 5, f"anchor_sizes needs one size per level P2-P6, got {cfg.anchor_sizes}"),
         (len(cfg.rpn_proposals) == 2, f"rpn_proposals is (train, eval), got {cfg.rpn_proposals}"),
@@ -217,6 +227,8 @@ def validate(cfg: TrainConfig, check_files=True):
         path = getattr(cfg, name)
         if path and not os.path.isdir(path):
             raise UserError(f"{flag(name)}: directory not found: {path}")
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out: {cfg.out} exists and is not a directory")
     if not (cfg.train_ann or cfg.labeled_ann):
         raise UserError("--train-ann: give --train-ann (or --labeled-ann) and --train-images")
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):

@@ -48,17 +48,50 @@ def _load_coco_json(ann_file):
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise UserError(f"{ann_file}: not a COCO annotation file (missing '{key}')")
-    anns = data["annotations"]
-    cat_ids = {c["id"] for c in data["categories"]}
-    columns = {"image_id": [a["image_id"] for a in anns], "category_id": [a["category_id"] for a in anns],
+    images, anns = data["images"], data["annotations"]
+    for key in ("images", "categories"):   # a set to train or evaluate on needs both
+        if not data[key]:
+            raise UserError(f"{ann_file}: no {key}")
+    columns = {"image_id": [a.get("image_id") for a in anns],   # .get: a missing id is named as null
+               "category_id": [a.get("category_id") for a in anns],
                "iscrowd": [a.get("iscrowd", 0) for a in anns], "area": [a.get("area") for a in anns]}
+    _check_integer_ids(ann_file, data, columns)
+    image_ids = [img["id"] for img in images]
+    if len(set(image_ids)) < len(image_ids):   # the boxes of both would land on one of them
+        first = next(i for i, n in Counter(image_ids).items() if n > 1)
+        raise UserError(f"{ann_file}: image id {first} appears more than once in 'images'")
+    cat_ids = {c["id"] for c in data["categories"]}
     unknown = [k for k, c in enumerate(columns["category_id"]) if c not in cat_ids]
     if unknown:
         ann = anns[unknown[0]]
         raise UserError(f"{ann_file}: annotation {ann['id']} has category_id "
                         f"{ann['category_id']}, not in 'categories' {sorted(cat_ids)}")
+    known = set(image_ids)
+    orphans = [k for k, i in enumerate(columns["image_id"]) if i not in known]
+    if orphans:
+        ann = anns[orphans[0]]
+        raise UserError(f"{ann_file}: {len(orphans)} annotations have an image_id not in 'images', the "
+                        f"first {ann['image_id']} (annotation {ann['id']})")
     columns["bbox"] = _boxes_array(ann_file, anns)
     return data, columns
+
+
+def _check_integer_ids(ann_file, data, columns):
+    """Every id is an integer, as COCO's format says (cocodataset.org/#format-data): COCOeval would
+    die on another at the end of training (int() of a category id, an annotation id stored in a float
+    array). The first offender is a UserError; true/false are not integers (type is not int)."""
+    for what, entries in (("image", data["images"]), ("category", data["categories"]),
+                          ("annotation", data["annotations"])):
+        ids = [e.get("id") for e in entries]
+        k = next((k for k, v in enumerate(ids) if type(v) is not int), None)
+        if k is not None:
+            raise UserError(f"{ann_file}: {what} id {json.dumps(ids[k])} is not an integer "
+                            f"(COCO ids are integers)")
+    for key in ("image_id", "category_id"):
+        k = next((k for k, v in enumerate(columns[key]) if type(v) is not int), None)
+        if k is not None:
+            raise UserError(f"{ann_file}: annotation {data['annotations'][k]['id']} has {key} "
+                            f"{json.dumps(columns[key][k])}, not an integer (COCO ids are integers)")
 
 
 def _boxes_array(ann_file, anns):
@@ -83,14 +116,43 @@ def _boxes_array(ann_file, anns):
     return np.array(boxes, dtype=np.float64)   # e.g. integers beyond int64: valid, converted here
 
 
+# EXIF orientation -> the transpose that shows the stored pixels as displayed (Pillow's exif_transpose)
+ORIENTATION = 0x0112   # the EXIF tag
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270,
+             7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _orientation(im):
+    """The EXIF orientation of an open image, 1 (as stored) when it has none or it cannot be read.
+
+    detectron2's convention (detection_utils._apply_exif_orientation): boxes refer to the image as
+    displayed, and a corrupt EXIF block counts as none. Read from what the header holds, the pixels
+    not decoded: Image.Image.getexif, not PNG's, which decodes them to look for a later eXIf chunk.
+    """
+    try:
+        return Image.Image.getexif(im).get(ORIENTATION, 1)
+    except Exception:   # as detectron2 (its issue 1885): Pillow raises several types on bad EXIF
+        return 1
+
+
+def _displayed_size(im):
+    """(width, height) of an open image as displayed: orientations 5-8 turn it by 90 degrees."""
+    w, h = im.size
+    return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
+
+
 def load_rgb(path, what="image"):
-    """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted).
+    """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted), as
+    displayed: turned by its EXIF orientation (detectron2's convention, see _orientation).
 
     An empty, truncated or non-image file is a one-line UserError naming the path.
     """
     try:
         with Image.open(path) as im:
-            pixels = np.asarray(im.convert("RGB"))  # [H, W, 3] uint8
+            transpose = TRANSPOSE.get(_orientation(im))
+            rgb = im.convert("RGB")
+            pixels = np.asarray(rgb if transpose is None else rgb.transpose(transpose))  # [H, W, 3] uint8
     except OSError as e:  # PIL.UnidentifiedImageError is an OSError
         raise UserError(f"{path}: cannot read the image ({what}): {e}") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
@@ -156,19 +218,19 @@ class CocoDetection(Dataset):
     def _precompute_targets(self, images, columns):
         """PackedTargets {image_id: (boxes [N, 4] xyxy float32, labels [N] int64, areas [N])}, warns once.
 
-        All annotations at once (columns from _load_coco_json): drop crowd boxes and those of images
-        not in the file, xywh -> xyxy, clip to the image, drop w or h < 1, then group by image
-        (stable: file order within an image, as pycocotools' imgToAnns).
+        All annotations at once (columns from _load_coco_json, which checked that their images are in
+        the file): drop crowd boxes, xywh -> xyxy, clip to the image, drop w or h < 1, then group by
+        image (stable: file order within an image, as pycocotools' imgToAnns).
         """
         position = {img["id"]: k for k, img in enumerate(images)}
-        size = np.array([(img["width"], img["height"]) for img in images], dtype=np.float64).reshape(-1, 2)
-        image_of = np.array([position.get(i, -1) for i in columns["image_id"]], dtype=np.int64)   # [A]
+        size = np.array([(img["width"], img["height"]) for img in images], dtype=np.float64)     # [I, 2]
+        image_of = np.array([position[i] for i in columns["image_id"]], dtype=np.int64)           # [A]
         xywh = columns["bbox"]                                                                    # [A, 4]
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)                 # [A, 4] xyxy
-        wh = size[image_of.clip(0)] if len(size) else np.zeros((len(boxes), 2))                   # [A, 2]
+        wh = size[image_of]                                                                       # [A, 2]
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, wh[:, :1])
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, wh[:, 1:])
-        counted = (image_of >= 0) & (np.array(columns["iscrowd"], dtype=np.int64).reshape(-1) == 0)
+        counted = np.array(columns["iscrowd"], dtype=np.int64).reshape(-1) == 0
         valid = (boxes[:, 2] - boxes[:, 0] >= 1) & (boxes[:, 3] - boxes[:, 1] >= 1)
         dropped = int((counted & ~valid).sum())
         kept = np.flatnonzero(counted & valid)
@@ -243,6 +305,10 @@ class CocoDetection(Dataset):
             f"  box sizes (COCO area): small {small}, medium {len(areas) - small - large}, "
             f"large {large}"])
 
+    def num_boxes(self):
+        """Boxes the images of the data set train or are evaluated on (crowd and degenerate ones dropped)."""
+        return sum(len(self._targets[i][1]) for i in self.image_ids)
+
     def files(self):
         """[(path, (width, height) from the JSON)] of the images of the data set, in index order."""
         return [(self.image_dir / self.coco.imgs[i]["file_name"],
@@ -291,14 +357,14 @@ class ImageFolderDetection(Dataset):
                        "file_name": str(path.relative_to(self.image_dir))}
 
     def sizes(self):
-        """(width, height) of each image from its header (PIL reads no pixels); an unreadable header
-        is a UserError naming the file."""
+        """(width, height) of each image as displayed (EXIF orientation, as load_rgb) from its header
+        (PIL reads no pixels); an unreadable header is a UserError naming the file."""
         if self._sizes is None:
             self._sizes = []
             for path in self.paths:
                 try:
                     with Image.open(path) as im:
-                        self._sizes.append(im.size)
+                        self._sizes.append(_displayed_size(im))
                 except OSError as e:
                     raise UserError(f"{path}: cannot read the image (unlabeled image): {e}") from None
         return self._sizes
@@ -383,30 +449,34 @@ def check_image_files(*datasets):
 
 
 def _verify_one(entry):
-    """(path, expected (w, h) or None) -> a problem string or None: decode all pixels."""
+    """(path, expected (w, h) or None) -> a problem string or None: decode all pixels; the size is
+    the displayed one (EXIF orientation), the one load_rgb returns."""
     path, expected = entry
     try:
         with Image.open(path) as im:
+            size = _displayed_size(im)
             im.load()
-            size = im.size
     except OSError as e:  # truncated, corrupt, not an image, unreadable
-        return f"{path.name}: cannot decode ({e})"
+        return f"cannot decode ({e})"
     if expected is not None and tuple(size) != tuple(expected):
-        return f"{path.name}: is {size[0]}x{size[1]}, the JSON says {expected[0]}x{expected[1]}"
+        return f"is {size[0]}x{size[1]}, the JSON says {expected[0]}x{expected[1]}"
     return None
 
 
 def verify_images(datasets, workers=4, progress=True):
     """Decode every image of the data sets (threads: PIL releases the GIL while decoding) and check
-    its size against the JSON; one UserError naming the count and the first problems."""
+    its size against the JSON; one UserError naming the count and the first problems, each file by
+    its path from the folder that holds them all (train/0.png and val/0.png are told apart)."""
     entries = list(dict.fromkeys(f for d in datasets if d is not None for f in d.files()))
     with ThreadPoolExecutor(max(1, workers)) as pool:
         results = list(tqdm(pool.map(_verify_one, entries, chunksize=64), total=len(entries),
                             desc="verifying images", disable=not progress, dynamic_ncols=True))
-    problems = [r for r in results if r is not None]
+    problems = [(os.path.abspath(path), r) for (path, _), r in zip(entries, results) if r is not None]
     if problems:
-        raise UserError(f"{entries[results.index(problems[0])][0].parent}: {len(problems)} of "
-                        f"{len(entries)} images are unusable (--verify-images): {_examples(problems)}")
+        root = os.path.commonpath([os.path.dirname(path) for path, _ in problems])
+        named = [f"{os.path.relpath(path, root)}: {r}" for path, r in problems]
+        raise UserError(f"{root}: {len(problems)} of {len(entries)} images are unusable (--verify-images): "
+                        f"{_examples(named)}")
     return len(entries)
 
 

@@ -44,6 +44,9 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--labeled-percent", "101"], "--labeled-percent must be in (0, 100], got 101.0"),
     (["--trainable-layers", "7"], "--trainable-layers must be in 0..5, got 7"),
     (["--lr-steps", "10", "5"], "--lr-steps must be increasing, got [10, 5]"),
+    (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
+    (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
+    (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1] (a score), got 1.5"),
 ])
 def test_validation_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:

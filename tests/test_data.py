@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 
 from sed import synthetic
-from sed.data import (CocoDetection, TrainBatchSampler, collate, make_eval_loader, make_loader)
+from sed.data import (CocoDetection, ImageFolderDetection, TrainBatchSampler, collate, make_eval_loader,
+                      make_loader, verify_images)
 from sed.errors import UserError
 
 CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]
@@ -64,6 +65,85 @@ def test_malformed_bbox(tmp_path, bbox):
     ann_file, image_dir = _write(tmp_path, [_img(3)], [_ann(1, 3, 5, bbox)])
     with pytest.raises(ValueError, match=r"ann.json: image 3 has malformed bbox"):
         CocoDetection(ann_file, image_dir)
+
+
+@pytest.mark.parametrize("key", ["images", "categories"])
+def test_no_images_or_no_categories(tmp_path, key):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [])
+    ann_file.write_text(json.dumps({**json.loads(ann_file.read_text()), key: []}))
+    with pytest.raises(UserError) as info:
+        CocoDetection(ann_file, image_dir)
+    assert str(info.value) == f"{ann_file}: no {key}"
+
+
+@pytest.mark.parametrize("images, categories, ann, message", [
+    ([_img("a")], CATS, _ann(1, "a", 5, [0, 0, 5, 5]), 'image id "a" is not an integer'),
+    ([_img(True)], CATS, _ann(1, 1, 5, [0, 0, 5, 5]), "image id true is not an integer"),
+    ([_img(1)], [{"id": "rectangle", "name": "rectangle"}], _ann(1, 1, "rectangle", [0, 0, 5, 5]),
+     'category id "rectangle" is not an integer'),
+    ([_img(1)], CATS, _ann("a7", 1, 5, [0, 0, 5, 5]), 'annotation id "a7" is not an integer'),
+    ([_img(1)], CATS, _ann(4, 1.0, 5, [0, 0, 5, 5]), "annotation 4 has image_id 1.0, not an integer"),
+    ([_img(1)], CATS, _ann(4, 1, "5", [0, 0, 5, 5]), 'annotation 4 has category_id "5", not an integer'),
+], ids=["image", "image-bool", "category", "annotation", "image_id", "category_id"])
+def test_ids_must_be_integers(tmp_path, images, categories, ann, message):
+    """COCO ids are integers: COCOeval died on a category id "rectangle" at the end of training."""
+    ann_file, image_dir = _write(tmp_path, images, [ann], categories)
+    with pytest.raises(UserError) as info:
+        CocoDetection(ann_file, image_dir)
+    assert str(info.value) == f"{ann_file}: {message} (COCO ids are integers)"
+
+
+def test_duplicate_image_id(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1), _img(2), {**_img(2), "file_name": "2b.png"}],
+                                 [_ann(1, 2, 5, [0, 0, 5, 5])])
+    with pytest.raises(UserError) as info:
+        CocoDetection(ann_file, image_dir)
+    assert str(info.value) == f"{ann_file}: image id 2 appears more than once in 'images'"
+
+
+def test_annotations_of_images_not_in_the_file(tmp_path):
+    anns = [_ann(1, 1, 5, [0, 0, 5, 5]), _ann(2, 9, 5, [0, 0, 5, 5]), _ann(3, 8, 2, [0, 0, 5, 5])]
+    ann_file, image_dir = _write(tmp_path, [_img(1)], anns)
+    with pytest.raises(UserError) as info:
+        CocoDetection(ann_file, image_dir)
+    assert str(info.value) == (f"{ann_file}: 2 annotations have an image_id not in 'images', "
+                               "the first 9 (annotation 2)")
+
+
+def test_verify_images_tells_train_from_val(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=2, num_val=2, seed=0, image_size=32)
+    sets = [CocoDetection(paths[f"{split}_ann"], paths[f"{split}_images"]) for split in ("train", "val")]
+    assert verify_images(sets, workers=1, progress=False) == 4
+    for split in ("train", "val"):
+        (paths[f"{split}_images"] / "000000.png").write_bytes(b"")
+    with pytest.raises(UserError) as info:
+        verify_images(sets, workers=1, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path}: 2 of 4 images are unusable (--verify-images): "
+                              "train/000000.png: cannot decode (")
+    assert ", val/000000.png: cannot decode (" in message and "\n" not in message
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    """A photo stored 40x30 with EXIF orientation 6 (turn 90 degrees clockwise to display) is 30x40
+    as displayed, the size its JSON gives (detectron2's convention); its boxes refer to that image."""
+    ann_file, image_dir = _write(tmp_path, [{**_img(1, w=30, h=40), "file_name": "1.jpg"}],
+                                 [_ann(1, 1, 5, [20, 0, 10, 10])])
+    stored = np.zeros((30, 40, 3), np.uint8)
+    stored[:10, :10] = 255                                       # white top-left block, as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(image_dir / "1.jpg", exif=exif, quality=95)
+    ds = CocoDetection(ann_file, image_dir)
+    image, target = ds[0]
+    assert image.shape == (3, 40, 30) and target["orig_size"] == (40, 30)
+    assert image[:, :10, 20:].mean() > 0.9 and image[:, :10, :10].mean() < 0.1   # now top-right
+    assert target["boxes"].tolist() == [[20, 0, 30, 10]]
+    assert verify_images([ds], workers=1, progress=False) == 1
+    assert ImageFolderDetection(image_dir).sizes() == [(30, 40)]
+    ann_file.write_text(ann_file.read_text().replace('"width": 30, "height": 40', '"width": 40, "height": 30'))
+    with pytest.raises(UserError, match=r"1.jpg: is 30x40, the JSON says 40x30"):
+        verify_images([CocoDetection(ann_file, image_dir)], workers=1, progress=False)
 
 
 def test_missing_image_file(tmp_path):

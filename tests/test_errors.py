@@ -82,6 +82,8 @@ def bad_inputs(data, ckpt, tmp):
     torch.save({"model": {}, "iteration": 0, "config": {}, "x": _RunsCode(tmp / "pwned")}, tmp / "evil.pt")
     (tmp / "garbage.pt").write_bytes(b"not a checkpoint")
     (tmp / "file").write_text("")
+    (tmp / "all_crowd.json").write_text(json.dumps({**coco, "annotations": [
+        {**a, "iscrowd": 1} for a in coco["annotations"]]}))
     out = tmp / "out"
     ann = lambda name: ["--train-ann", str(tmp / name)]  # noqa: E731  (overrides the first --train-ann)
     val = ["--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"])]
@@ -103,6 +105,13 @@ def bad_inputs(data, ckpt, tmp):
         "train: resume from a checkpoint with other classes": (
             train_args(data, tmp / "out2", *ann("two_classes.json"), "--resume", str(ckpt)), str(ckpt)),
         "train: bad flag value": (train_args(data, out, "--max-iter", "ten"), "--max-iter"),
+        "train: --out is a file": (train_args(data, tmp / "file"), "--out"),
+        "train: no box to train on": (train_args(data, out, *ann("all_crowd.json")), "--train-ann"),
+        "eval: no box to evaluate on": ([*eval_cmd, "--ckpt", str(ckpt), "--val-ann", str(tmp / "all_crowd.json"),
+                                         "--val-images", str(data["train_images"])], "all_crowd.json"),
+        "train: val categories differ from the training's": (
+            train_args(data, out, "--val-ann", str(tmp / "two_classes.json"), "--val-images",
+                       str(data["train_images"])), "--val-ann"),
         "eval: checkpoint that would run code": (
             [*eval_cmd, "--ckpt", str(tmp / "evil.pt"), *val], "evil.pt"),
         "eval: not a checkpoint": ([*eval_cmd, "--ckpt", str(tmp / "garbage.pt"), *val], "garbage.pt"),
@@ -137,7 +146,8 @@ CASES = ["train: annotation file is not JSON", "train: unknown category id", "tr
          "train: missing annotation file", "train: unreadable annotation file", "train: missing image file",
          "train: image size disagrees with the JSON", "train: split file without the percent",
          "train: class count mismatch", "train: resume from a foreign checkpoint",
-         "train: resume from a checkpoint with other classes", "train: bad flag value",
+         "train: resume from a checkpoint with other classes", "train: bad flag value", "train: --out is a file",
+         "train: val categories differ from the training's", "train: no box to train on", "eval: no box to evaluate on",
          "eval: checkpoint that would run code", "eval: not a checkpoint",
          "eval: classes differ from the checkpoint's", "eval: missing --val-images", "synthetic: bad size",
          "synthetic: output is a file", "plot: not a run folder", "export: foreign checkpoint"]
@@ -223,6 +233,19 @@ def test_corrupt_image_during_training_then_resume(data, tmp_path):
     path.write_bytes(original)
     _train_module().main([*args[1:], "--resume", str(tmp_path / "out" / "last.pt")])
     assert load_checkpoint(tmp_path / "out" / "last.pt")["iteration"] == 4
+
+
+def test_failing_evaluation_keeps_the_checkpoint_of_its_iteration(data, tmp_path):
+    """A val image whose size disagrees with its JSON is first read by the evaluation: one line naming
+    it, exit 1, and the iteration's checkpoint is already written (saved before the evaluation)."""
+    coco = json.loads(Path(data["val_ann"]).read_text())
+    coco["images"][0]["width"] += 1
+    (tmp_path / "val.json").write_text(json.dumps(coco))
+    result = run(train_args(data, tmp_path / "out", "--val-ann", str(tmp_path / "val.json"), "--val-images",
+                            str(data["val_images"]), "--eval-every", "2", "--checkpoint-every", "2", max_iter=2))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1].startswith(f"error: {Path(data['val_images']) / coco['images'][0]['file_name']}")
+    assert load_checkpoint(tmp_path / "out" / "last.pt")["iteration"] == 2
 
 
 def test_kill_during_checkpoint_write_leaves_no_temporary_after_resume(data, tmp_path):

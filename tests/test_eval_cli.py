@@ -128,7 +128,9 @@ def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
     (["--images", "{empty}"], "no png/jpg/jpeg/bmp files in"),
     (["--images", "{empty}", "--val-ann", "x.json"], "not allowed with argument"),
     ([], "one of the arguments --val-ann --images is required"),
-    (["--val-ann", "{ann}"], "--val-images: directory not found"),
+    (["--val-ann", "{ann}"], "--val-images: required with --val-ann"),
+    (["--val-ann", "{ann}", "--val-images", "{empty}/nope"], "--val-images: directory not found"),
+    (["--images", "{photos}", "--score-thr", "1.5"], "--score-thr must be in [0, 1] (a score), got 1.5"),
     (["--images", "{photos}", "--json", "m.json"], "need --val-ann"),
 ])
 def test_bad_arguments(setup, tmp_path, capsys, args, message):

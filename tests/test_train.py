@@ -78,6 +78,20 @@ def test_resume_is_exact(data, tmp_path):
     assert config["num_classes"] == 5 and full["label_to_cat_id"] == {1: 1, 2: 3, 3: 7, 4: 8, 5: 12}
 
 
+def test_evaluation_draws_no_random_number_of_the_training(data, tmp_path):
+    """3 iterations evaluated after each == 3 iterations without evaluation, bit for bit: the evaluation
+    (its loader draws a seed from torch's generator) runs with the training's RNG state restored after it,
+    so the checkpoint saved before it resumes exactly."""
+    val = ["--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"])]
+    train.main(argv(data, tmp_path / "evaluated", 3, *val, "--eval-every", "1"))
+    train.main(argv(data, tmp_path / "plain", 3))
+    evaluated, plain = (load_checkpoint(tmp_path / d / "last.pt") for d in ("evaluated", "plain"))
+    for name, tensor in plain["model"].items():
+        assert torch.equal(tensor, evaluated["model"][name]), name
+    metrics = (tmp_path / "evaluated" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["iteration"] for line in metrics] == [1, 2, 3]
+
+
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, capsys):
     calls = []
 
