@@ -63,8 +63,9 @@ def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS) -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not a pickle of objects: e.g. a text file (torch's
-            raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)") from None  # advice misleads)
+        if "Unsupported global" not in str(e):  # not a pickle of objects: e.g. a text file; torch's own
+            # message advises weights_only=False, which would not help
+            raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)") from None
         raise UserError(f"{path}: refused: it holds pickled Python objects, which could run code when "
                         "loaded (only tensors and plain types are read; a checkpoint of sed before "
                         "weights_only, with numpy RNG states, is refused too)") from None
