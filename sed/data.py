@@ -57,7 +57,8 @@ def _load_coco_json(ann_file):
                "iscrowd": [a.get("iscrowd", 0) for a in anns], "area": [a.get("area") for a in anns]}
     _check_integer_ids(ann_file, data, columns)
     image_ids = [img["id"] for img in images]
-    if len(set(image_ids)) < len(image_ids):   # the boxes of both would land on one of them
+    known = set(image_ids)
+    if len(known) < len(image_ids):   # the boxes of both would land on one of them
         first = next(i for i, n in Counter(image_ids).items() if n > 1)
         raise UserError(f"{ann_file}: image id {first} appears more than once in 'images'")
     cat_ids = {c["id"] for c in data["categories"]}
@@ -66,7 +67,6 @@ def _load_coco_json(ann_file):
         ann = anns[unknown[0]]
         raise UserError(f"{ann_file}: annotation {ann['id']} has category_id "
                         f"{ann['category_id']}, not in 'categories' {sorted(cat_ids)}")
-    known = set(image_ids)
     orphans = [k for k, i in enumerate(columns["image_id"]) if i not in known]
     if orphans:
         ann = anns[orphans[0]]

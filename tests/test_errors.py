@@ -244,7 +244,8 @@ def test_failing_evaluation_keeps_the_checkpoint_of_its_iteration(data, tmp_path
     result = run(train_args(data, tmp_path / "out", "--val-ann", str(tmp_path / "val.json"), "--val-images",
                             str(data["val_images"]), "--eval-every", "2", "--checkpoint-every", "2", max_iter=2))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
-    assert result.stderr.splitlines()[-1].startswith(f"error: {Path(data['val_images']) / coco['images'][0]['file_name']}")
+    bad_image = Path(data["val_images"]) / coco["images"][0]["file_name"]
+    assert result.stderr.splitlines()[-1].startswith(f"error: {bad_image}")
     assert load_checkpoint(tmp_path / "out" / "last.pt")["iteration"] == 2
 
 
