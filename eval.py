@@ -10,9 +10,10 @@ The model is rebuilt from the checkpoint's config (classes, backbone, sizes); SE
 are evaluated with the EMA teacher unless --model student.
 --val-ann: prints the 12 COCOeval numbers, writes them (percent) to --json and the detections
 (COCO results format) to --dets.
---images FOLDER: no metrics; the detections of every png/jpg/jpeg/bmp file of FOLDER (sorted by
-name) go to --dets (default FOLDER_detections.json, next to the folder), COCO results format plus
-"file_name"; image_id is the index in the sorted order, category_id the checkpoint's COCO ids.
+--images FOLDER: no metrics; the detections of every jpg/jpeg/png/bmp/webp file of FOLDER (sorted
+by name, hidden files skipped) go to --dets (default FOLDER_detections.json, next to the folder),
+COCO results format plus "file_name"; image_id is the index in the sorted order, category_id the
+checkpoint's COCO ids.
 --visualize DIR: the first --max-images pictures with detections >= --score-thr (red, "name
 score") and, for --val-ann, the ground truth (green), as DIR/<image_id>.png (--val-ann) or
 DIR/<file name>.png (--images).
@@ -27,17 +28,15 @@ import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint, load_weights
 from sed.config import from_dict, model_options
-from sed.data import CocoDetection, check_image_files, load_rgb
+from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
 from sed.visualize import visualize_dataset
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp")
-
-
 def image_files(folder):
-    """The image files of `folder` (not recursive), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    """The image files of `folder` (not recursive; the extensions of --unlabeled-images), sorted by name."""
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
 
 
 class ImageFolder(torch.utils.data.Dataset):

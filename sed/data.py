@@ -56,12 +56,10 @@ def _load_coco_json(ann_file):
                "category_id": [a.get("category_id") for a in anns],
                "iscrowd": [a.get("iscrowd", 0) for a in anns], "area": [a.get("area") for a in anns]}
     _check_integer_ids(ann_file, data, columns)
-    image_ids = [img["id"] for img in images]
-    known = set(image_ids)
-    if len(known) < len(image_ids):   # the boxes of both would land on one of them
-        first = next(i for i, n in Counter(image_ids).items() if n > 1)
-        raise UserError(f"{ann_file}: image id {first} appears more than once in 'images'")
-    cat_ids = {c["id"] for c in data["categories"]}
+    _check_fields(ann_file, data)
+    known = _unique_ids(ann_file, images, "images", "the boxes of both would land on one image")
+    cat_ids = _unique_ids(ann_file, data["categories"], "categories", "one label for two names")
+    _unique_ids(ann_file, anns, "annotations", "COCOeval looks boxes up by id and would lose one")
     unknown = [k for k, c in enumerate(columns["category_id"]) if c not in cat_ids]
     if unknown:
         ann = anns[unknown[0]]
@@ -92,6 +90,43 @@ def _check_integer_ids(ann_file, data, columns):
         if k is not None:
             raise UserError(f"{ann_file}: annotation {data['annotations'][k]['id']} has {key} "
                             f"{json.dumps(columns[key][k])}, not an integer (COCO ids are integers)")
+
+
+SINGULAR = {"images": "image", "categories": "category", "annotations": "annotation"}
+
+
+def _unique_ids(ann_file, entries, key, why):
+    """The set of the "id"s of data[key]; one that appears twice is a UserError saying `why` it matters."""
+    ids = [e["id"] for e in entries]
+    unique = set(ids)
+    if len(unique) < len(ids):
+        first = next(i for i, n in Counter(ids).items() if n > 1)
+        raise UserError(f"{ann_file}: {SINGULAR[key]} id {first} appears more than once in '{key}' ({why})")
+    return unique
+
+
+def _positive(v):
+    return type(v) in (int, float) and math.isfinite(v) and v > 0
+
+
+# what loading and COCOeval read beside the ids: key -> (field, what it must be, test)
+REQUIRED_FIELDS = {"images": (("file_name", "a file name", lambda v: isinstance(v, str) and v != ""),
+                              ("width", "a positive number", _positive),
+                              ("height", "a positive number", _positive)),
+                   "categories": (("name", "a string", lambda v: isinstance(v, str)),)}
+
+
+def _check_fields(ann_file, data):
+    """Every image has its file name and size and every category its name, as COCO's format says;
+    the first offender is a UserError naming the entry and the field, not a KeyError from deep inside."""
+    for key, fields in REQUIRED_FIELDS.items():
+        for entry in data[key]:
+            for field, what, valid in fields:
+                if field not in entry:
+                    raise UserError(f"{ann_file}: {SINGULAR[key]} {entry['id']} has no '{field}' ({what})")
+                if not valid(entry[field]):
+                    raise UserError(f"{ann_file}: {SINGULAR[key]} {entry['id']} has '{field}' "
+                                    f"{json.dumps(entry[field])}, not {what}")
 
 
 def _boxes_array(ann_file, anns):

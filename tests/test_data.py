@@ -93,12 +93,46 @@ def test_ids_must_be_integers(tmp_path, images, categories, ann, message):
     assert str(info.value) == f"{ann_file}: {message} (COCO ids are integers)"
 
 
-def test_duplicate_image_id(tmp_path):
-    ann_file, image_dir = _write(tmp_path, [_img(1), _img(2), {**_img(2), "file_name": "2b.png"}],
-                                 [_ann(1, 2, 5, [0, 0, 5, 5])])
+BOX = [0, 0, 5, 5]
+
+
+@pytest.mark.parametrize("images, categories, anns, message", [
+    ([_img(1), _img(2), {**_img(2), "file_name": "2b.png"}], CATS, [_ann(1, 2, 5, BOX)],
+     "image id 2 appears more than once in 'images' (the boxes of both would land on one image)"),
+    ([_img(1)], CATS + [{"id": 2, "name": "horse"}], [_ann(1, 1, 5, BOX)],
+     "category id 2 appears more than once in 'categories' (one label for two names)"),
+    ([_img(1)], CATS, [_ann(7, 1, 5, BOX), _ann(7, 1, 2, BOX)],
+     "annotation id 7 appears more than once in 'annotations' (COCOeval looks boxes up by id and would "
+     "lose one)"),
+], ids=["image", "category", "annotation"])
+def test_duplicate_ids(tmp_path, images, categories, anns, message):
+    ann_file, image_dir = _write(tmp_path, images, anns, categories)
     with pytest.raises(UserError) as info:
         CocoDetection(ann_file, image_dir)
-    assert str(info.value) == f"{ann_file}: image id 2 appears more than once in 'images'"
+    assert str(info.value) == f"{ann_file}: {message}"
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("file_name", None, "image 3 has no 'file_name' (a file name)"),
+    ("width", None, "image 3 has no 'width' (a positive number)"),
+    ("height", "30", "image 3 has 'height' \"30\", not a positive number"),
+    ("width", 0, "image 3 has 'width' 0, not a positive number"),
+    ("file_name", "", "image 3 has 'file_name' \"\", not a file name"),
+    ("name", None, "category 90 has no 'name' (a string)"),
+])
+def test_required_fields(tmp_path, field, value, message):
+    """A KeyError from pycocotools or the targets' code before these checks; None = field removed."""
+    image, categories = _img(3), [dict(c) for c in CATS]
+    entry = categories[2] if field == "name" else image
+    if value is None:
+        del entry[field]
+    else:
+        entry[field] = value
+    ann_file, image_dir = _write(tmp_path, [_img(3)], [_ann(1, 3, 5, BOX)], categories)
+    ann_file.write_text(json.dumps({**json.loads(ann_file.read_text()), "images": [image]}))
+    with pytest.raises(UserError) as info:
+        CocoDetection(ann_file, image_dir)
+    assert str(info.value) == f"{ann_file}: {message}"
 
 
 def test_annotations_of_images_not_in_the_file(tmp_path):

@@ -65,13 +65,16 @@ def test_visualize_validation_set(setup, tmp_path):
 
 @pytest.fixture
 def folder(setup, tmp_path):
-    """The validation PNGs, one converted to a greyscale JPEG, and a file that is not an image."""
+    """The validation PNGs, one converted to a greyscale JPEG and one to a WebP, a hidden copy (skipped,
+    like an editor's or macOS's "._" file) and a file that is not an image."""
     data, _ = setup
     folder = tmp_path / "photos"
     shutil.copytree(data["val_images"], folder)
     first = sorted(folder.glob("*.png"))[0]
     with Image.open(first) as im:
         im.convert("L").save(folder / "grey.jpg")
+        im.save(folder / "lossless.webp", lossless=True)
+        im.save(folder / ".hidden.png")
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -80,7 +83,8 @@ def test_images_folder(setup, folder, tmp_path):
     _, ckpt = setup
     run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"),
         "--visualize", str(tmp_path / "pics"))
-    files = sorted(p.name for p in folder.iterdir() if p.suffix != ".txt")
+    files = sorted(p.name for p in folder.iterdir() if p.suffix != ".txt" and not p.name.startswith("."))
+    assert "lossless.webp" in files
     dets = json.loads((tmp_path / "dets.json").read_text())
     assert isinstance(dets, list) and len(dets) > 0
     for d in dets:
@@ -118,14 +122,14 @@ def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
     run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"),
         "--visualize", str(tmp_path / "pics"), "--score-thr", "1.0", "--max-images", "1")
     assert json.loads((tmp_path / "dets.json").read_text())  # there are detections, none drawn
-    source = sorted(p for p in folder.iterdir() if p.suffix != ".txt")[0]
+    source = sorted(p for p in folder.iterdir() if p.suffix != ".txt" and not p.name.startswith("."))[0]
     with Image.open(source) as a, Image.open(tmp_path / "pics" / f"{source.name}.png") as b:
         np.testing.assert_array_equal(enlarged(a), np.asarray(b))
     assert len(list((tmp_path / "pics").iterdir())) == 1
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--images", "{empty}"], "no png/jpg/jpeg/bmp files in"),
+    (["--images", "{empty}"], "no jpg/jpeg/png/bmp/webp files in"),
     (["--images", "{empty}", "--val-ann", "x.json"], "not allowed with argument"),
     ([], "one of the arguments --val-ann --images is required"),
     (["--val-ann", "{ann}"], "--val-images: required with --val-ann"),
