@@ -4,6 +4,9 @@
     python -m sed.experiment --seeds 0               (one seed now, `--seeds 1 2` another day)
     python -m sed.experiment --render                (results.md and the chart from the saved runs)
     python -m sed.experiment --family rings --rows supervised teacher_student sed   (unseen data)
+    python -m sed.experiment --versus-recall docs/experiment/shapes docs/experiment/rings ...
+                                                     (the default's gain over the teacher-student against
+                                                     the share of objects the teacher-student's labels cover)
 
 Rows, each one switch away from the row above (SED_NOTES "Ablation switches"), then the variants of
 Figure 1's scale link:
@@ -114,6 +117,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--render", action="store_true", help="only render results.md/png from the saved runs")
+    p.add_argument("--versus-recall", nargs="+", metavar="RESULTS", default=[],
+                   help="only print, per results folder, sed_hard - teacher_student against the teacher-student's "
+                   "pl_recall@0.7, with their rank correlation (README, \"Stop 23\")")
     return p.parse_args(argv)
 
 
@@ -373,6 +379,43 @@ def render_markdown(table, family):
     return "\n".join(lines) + "\n"
 
 
+def ranks(values):
+    """Rank of each value, 1 = smallest; ties share their mean rank (as Spearman's coefficient needs)."""
+    order = sorted(values)
+    return [order.index(v) + (order.count(v) + 1) / 2 for v in values]
+
+
+def spearman(xs, ys):
+    """Spearman's rank correlation: Pearson's correlation of the ranks."""
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
+
+
+def versus_recall(folders, row="sed_hard", baseline="teacher_student"):
+    """Markdown: per results folder, the baseline's mean pl_recall@0.7 at the end (the share of objects its
+    hard labels cover; 1 - it = their False Negatives, the problem SED_NOTES says the paper names) and the
+    paired AP gain of row over baseline, sorted by that recall; then the rank correlation of the two."""
+    points = []
+    for folder in folders:
+        table = load_results(Path(folder))
+        text, values = gain(table, row, baseline)
+        seeds = sorted(set(table.get(row, {})) & set(table.get(baseline, {})))
+        if not seeds:
+            raise SystemExit(f"error: {folder}: no seed with both {row} and {baseline}")
+        recall = statistics.mean(table[baseline][s]["diagnostics"]["pl_recall@0.7"] for s in seeds)
+        points.append((recall, statistics.mean(values), folder, len(seeds), values, text))
+    lines = [f"| results | seeds | {baseline} pl_recall@0.7 | {row} - {baseline}, per seed | mean ± std |",
+             "|---|---|---|---|---|"]
+    for recall, _, folder, n, values, text in sorted(points):
+        lines.append(f"| {folder} | {n} | {recall:.3f} | {', '.join(f'{v:+.1f}' for v in values)} | {text} |")
+    if len(points) > 2:
+        rho = spearman([p[0] for p in points], [p[1] for p in points])
+        lines += ["", f"Spearman rank correlation of the recall and the mean gain over {len(points)} folders: {rho:+.2f}"]
+    return "\n".join(lines) + "\n"
+
+
 def render_chart(table, path):
     """results.png: AP mean +- std per row (bars), each seed as a dot."""
     try:
@@ -399,6 +442,9 @@ def render_chart(table, path):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.versus_recall:
+        print(versus_recall(args.versus_recall), end="")
+        return
     results = Path(args.results or ROOT / "docs" / "experiment" / args.family)
     results.mkdir(parents=True, exist_ok=True)
     if not args.render:

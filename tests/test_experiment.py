@@ -11,13 +11,13 @@ import sed.config
 import sed.experiment
 from sed.config import TrainConfig
 from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
-                            settings)
+                            settings, spearman, versus_recall)
 
 
-def write_run(folder, row, seed, ap):
+def write_run(folder, row, seed, ap, recall=0.25):
     record = {"row": row, "seed": seed, "model": "teacher", "commit": "abc", "minutes": 1.0, "command": [],
               "metrics": {"AP": ap, "AP50": 2 * ap, "APs": ap, "APm": ap, "APl": -1.0},
-              "diagnostics": {"pl_dets_per_image": 1.0, "pl_recall@0.5": 0.5, "pl_recall@0.7": 0.25,
+              "diagnostics": {"pl_dets_per_image": 1.0, "pl_recall@0.5": 0.5, "pl_recall@0.7": recall,
                               "pl_weight_on_objects": 0.75}}
     (folder / f"{row}_seed{seed}.json").write_text(json.dumps(record))
 
@@ -42,6 +42,30 @@ def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path)
     assert row["sed"].endswith("| 2.0 ± 1.0 | teacher_student |")          # gains 3, 2, 1
     assert row["sed_mutual"].startswith("| sed_mutual | 1 | 14.0 |") and row["sed_mutual"].endswith("| -1.0 | sed |")
     assert "SED - supervised, AP: 4.0 ± 1.0" in lines
+
+
+def test_spearman_by_hand():
+    assert spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
+    # ranks [1, 2.5, 2.5, 4] (a tie) and [1, 2, 4, 3]: centred [-1.5, 0, 0, 1.5] and [-1.5, -0.5, 1.5, 0.5],
+    # covariance 3, squares 4.5 and 5 -> 3 / sqrt(22.5)
+    assert spearman([1, 5, 5, 9], [0, 1, 3, 2]) == pytest.approx(3 / 22.5 ** 0.5)
+
+
+def test_versus_recall_sorts_by_the_teacher_student_s_recall(tmp_path):
+    """Per folder: the teacher-student's mean recall over the paired seeds, sed_hard's paired gains."""
+    setups = {"low": [(0.2, 10.0, 13.0), (0.4, 20.0, 21.0)], "high": [(0.8, 30.0, 29.0)],
+              "mid": [(0.5, 5.0, 5.5), (0.7, 6.0, 6.5)]}   # seed: (recall, teacher_student AP, sed_hard AP)
+    for name, seeds in setups.items():
+        (tmp_path / name).mkdir()
+        for seed, (recall, ts, hard) in enumerate(seeds):
+            write_run(tmp_path / name, "teacher_student", seed, ts, recall=recall)
+            write_run(tmp_path / name, "sed_hard", seed, hard)
+    write_run(tmp_path / "mid", "teacher_student", 2, 1.0, recall=0.0)   # no sed_hard: not paired, not counted
+    lines = versus_recall([str(tmp_path / n) for n in setups]).splitlines()
+    assert lines[2:5] == [f"| {tmp_path / 'low'} | 2 | 0.300 | +3.0, +1.0 | 2.0 ± 1.4 |",
+                          f"| {tmp_path / 'mid'} | 2 | 0.600 | +0.5, +0.5 | 0.5 ± 0.0 |",
+                          f"| {tmp_path / 'high'} | 1 | 0.800 | -1.0 | -1.0 |"]
+    assert lines[-1] == "Spearman rank correlation of the recall and the mean gain over 3 folders: -1.00"
 
 
 def test_the_rows_on_hard_labels_compare_with_the_row_above_in_their_own_chain(tmp_path):
