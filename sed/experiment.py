@@ -4,9 +4,9 @@
     python -m sed.experiment --seeds 0               (one seed now, `--seeds 1 2` another day)
     python -m sed.experiment --render                (results.md and the chart from the saved runs)
     python -m sed.experiment --family rings --rows supervised teacher_student sed   (unseen data)
-    python -m sed.experiment --versus-recall docs/experiment/shapes docs/experiment/rings ...
-                                                     (the default's gain over the teacher-student against
-                                                     the share of objects the teacher-student's labels cover)
+    python -m sed.experiment --summary docs/experiment/shapes docs/experiment/rings ...
+                                                     (one line per setting: the main rows, their gains, the
+                                                     share of objects the teacher-student's labels cover)
 
 Rows, each one switch away from the row above (SED_NOTES "Ablation switches"), then the variants of
 Figure 1's scale link:
@@ -117,9 +117,9 @@ def parse_args(argv):
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--parallel", type=int, default=2, help="runs at a time, one thread each")
     p.add_argument("--render", action="store_true", help="only render results.md/png from the saved runs")
-    p.add_argument("--versus-recall", nargs="+", metavar="RESULTS", default=[],
-                   help="only print, per results folder, sed_hard - teacher_student against the teacher-student's "
-                   "pl_recall@0.7, with their rank correlation (README, \"Stop 23\")")
+    p.add_argument("--summary", nargs="+", metavar="RESULTS", default=[],
+                   help="only print one line per results folder: the main rows, the gains, the teacher-student's "
+                   "pl_recall@0.7 (README, \"Results\")")
     return p.parse_args(argv)
 
 
@@ -393,26 +393,37 @@ def spearman(xs, ys):
     return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
 
 
-def versus_recall(folders, row="sed_hard", baseline="teacher_student"):
-    """Markdown: per results folder, the baseline's mean pl_recall@0.7 at the end (the share of objects its
-    hard labels cover; 1 - it = their False Negatives, the problem SED_NOTES says the paper names) and the
-    paired AP gain of row over baseline, sorted by that recall; then the rank correlation of the two."""
+SUMMARY_ROWS = ("supervised", "teacher_student", "sed", "sed_hard")
+SUMMARY_GAINS = (("sed_hard", "supervised"), ("sed", "supervised"))
+
+
+def summary(folders):
+    """Markdown, one line per results folder (a family or a setting): the main rows' AP, the default's
+    and Figure 1's gains over supervised, and the default's gain over the teacher-student per seed beside
+    the teacher-student's pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
+    labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper names. Sorted by
+    that recall, then the rank correlation of recall and gain."""
+    lines = ["| results | " + " | ".join(SUMMARY_ROWS) + " | " + " | ".join(f"{a} - {b}" for a, b in SUMMARY_GAINS)
+             + " | teacher_student pl_recall@0.7 | sed_hard - teacher_student |", "|---" * 9 + "|"]
     points = []
     for folder in folders:
         table = load_results(Path(folder))
-        text, values = gain(table, row, baseline)
-        seeds = sorted(set(table.get(row, {})) & set(table.get(baseline, {})))
+        seeds = sorted(set(table.get("sed_hard", {})) & set(table.get("teacher_student", {})))
         if not seeds:
-            raise SystemExit(f"error: {folder}: no seed with both {row} and {baseline}")
-        recall = statistics.mean(table[baseline][s]["diagnostics"]["pl_recall@0.7"] for s in seeds)
-        points.append((recall, statistics.mean(values), folder, len(seeds), values, text))
-    lines = [f"| results | seeds | {baseline} pl_recall@0.7 | {row} - {baseline}, per seed | mean ± std |",
-             "|---|---|---|---|---|"]
-    for recall, _, folder, n, values, text in sorted(points):
-        lines.append(f"| {folder} | {n} | {recall:.3f} | {', '.join(f'{v:+.1f}' for v in values)} | {text} |")
+            raise SystemExit(f"error: {folder}: no seed with both sed_hard and teacher_student")
+        recall = statistics.mean(table["teacher_student"][s]["diagnostics"]["pl_recall@0.7"] for s in seeds)
+        text, values = gain(table, "sed_hard", "teacher_student")
+        aps = [mean_std([run["metrics"]["AP"] for run in table[r].values()]) if r in table else "-"
+               for r in SUMMARY_ROWS]
+        gains = [gain(table, a, b)[0] for a, b in SUMMARY_GAINS]
+        line = (f"| {folder} | " + " | ".join(aps + gains) + f" | {recall:.3f} | "
+                + ", ".join(f"{v:+.1f}" for v in values) + f" ({text}) |")
+        points.append((recall, statistics.mean(values), line))
+    lines += [line for *_, line in sorted(points)]
     if len(points) > 2:
         rho = spearman([p[0] for p in points], [p[1] for p in points])
-        lines += ["", f"Spearman rank correlation of the recall and the mean gain over {len(points)} folders: {rho:+.2f}"]
+        lines += ["", f"Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
+                  f"over it, {len(points)} folders: {rho:+.2f}"]
     return "\n".join(lines) + "\n"
 
 
@@ -442,8 +453,8 @@ def render_chart(table, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.versus_recall:
-        print(versus_recall(args.versus_recall), end="")
+    if args.summary:
+        print(summary(args.summary), end="")
         return
     results = Path(args.results or ROOT / "docs" / "experiment" / args.family)
     results.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ import sed.config
 import sed.experiment
 from sed.config import TrainConfig
 from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
-                            settings, spearman, versus_recall)
+                            settings, spearman, summary)
 
 
 def write_run(folder, row, seed, ap, recall=0.25):
@@ -51,8 +51,9 @@ def test_spearman_by_hand():
     assert spearman([1, 5, 5, 9], [0, 1, 3, 2]) == pytest.approx(3 / 22.5 ** 0.5)
 
 
-def test_versus_recall_sorts_by_the_teacher_student_s_recall(tmp_path):
-    """Per folder: the teacher-student's mean recall over the paired seeds, sed_hard's paired gains."""
+def test_summary_sorts_by_the_teacher_student_s_recall(tmp_path):
+    """One line per folder: each row's mean AP, paired gains; the teacher-student's mean recall over the
+    seeds it shares with sed_hard."""
     setups = {"low": [(0.2, 10.0, 13.0), (0.4, 20.0, 21.0)], "high": [(0.8, 30.0, 29.0)],
               "mid": [(0.5, 5.0, 5.5), (0.7, 6.0, 6.5)]}   # seed: (recall, teacher_student AP, sed_hard AP)
     for name, seeds in setups.items():
@@ -60,12 +61,15 @@ def test_versus_recall_sorts_by_the_teacher_student_s_recall(tmp_path):
         for seed, (recall, ts, hard) in enumerate(seeds):
             write_run(tmp_path / name, "teacher_student", seed, ts, recall=recall)
             write_run(tmp_path / name, "sed_hard", seed, hard)
-    write_run(tmp_path / "mid", "teacher_student", 2, 1.0, recall=0.0)   # no sed_hard: not paired, not counted
-    lines = versus_recall([str(tmp_path / n) for n in setups]).splitlines()
-    assert lines[2:5] == [f"| {tmp_path / 'low'} | 2 | 0.300 | +3.0, +1.0 | 2.0 ± 1.4 |",
-                          f"| {tmp_path / 'mid'} | 2 | 0.600 | +0.5, +0.5 | 0.5 ± 0.0 |",
-                          f"| {tmp_path / 'high'} | 1 | 0.800 | -1.0 | -1.0 |"]
-    assert lines[-1] == "Spearman rank correlation of the recall and the mean gain over 3 folders: -1.00"
+            write_run(tmp_path / name, "supervised", seed, ts - 2)
+    write_run(tmp_path / "mid", "teacher_student", 2, 1.0, recall=0.0)   # no sed_hard: not in the recall
+    write_run(tmp_path / "high", "sed", 0, 31.0)
+    lines = summary([str(tmp_path / n) for n in setups]).splitlines()
+    assert lines[2:5] == [
+        f"| {tmp_path / 'low'} | 13.0 ± 7.1 | 15.0 ± 7.1 | - | 17.0 ± 5.7 | 4.0 ± 1.4 | - | 0.300 | +3.0, +1.0 (2.0 ± 1.4) |",
+        f"| {tmp_path / 'mid'} | 3.5 ± 0.7 | 4.0 ± 2.6 | - | 6.0 ± 0.7 | 2.5 ± 0.0 | - | 0.600 | +0.5, +0.5 (0.5 ± 0.0) |",
+        f"| {tmp_path / 'high'} | 28.0 | 30.0 | 31.0 | 29.0 | 1.0 | 3.0 | 0.800 | -1.0 (-1.0) |"]
+    assert lines[-1].endswith("3 folders: -1.00")
 
 
 def test_the_rows_on_hard_labels_compare_with_the_row_above_in_their_own_chain(tmp_path):
