@@ -402,10 +402,10 @@ def summary(folders):
     and Figure 1's gains over supervised, and the default's gain over the teacher-student per seed beside
     the teacher-student's pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
     labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper names. Sorted by
-    that recall, then the rank correlation of recall and gain."""
+    that recall; then how many paired runs of all folders gain, and the rank correlation of recall and gain."""
     lines = ["| results | " + " | ".join(SUMMARY_ROWS) + " | " + " | ".join(f"{a} - {b}" for a, b in SUMMARY_GAINS)
              + " | teacher_student pl_recall@0.7 | sed_hard - teacher_student |", "|---" * 9 + "|"]
-    points = []
+    points, paired = [], {pair: [] for pair in SUMMARY_GAINS}   # (row, reference) -> every paired gain
     for folder in folders:
         table = load_results(Path(folder))
         seeds = sorted(set(table.get("sed_hard", {})) & set(table.get("teacher_student", {})))
@@ -416,13 +416,17 @@ def summary(folders):
         aps = [mean_std([run["metrics"]["AP"] for run in table[r].values()]) if r in table else "-"
                for r in SUMMARY_ROWS]
         gains = [gain(table, a, b)[0] for a, b in SUMMARY_GAINS]
+        for a, b in SUMMARY_GAINS:
+            paired[a, b] += gain(table, a, b)[1]
         line = (f"| {folder} | " + " | ".join(aps + gains) + f" | {recall:.3f} | "
                 + ", ".join(f"{v:+.1f}" for v in values) + f" ({text}) |")
         points.append((recall, statistics.mean(values), line))
-    lines += [line for *_, line in sorted(points)]
+    lines += [line for *_, line in sorted(points)] + [""]
+    lines += [f"{a} >= {b} on {sum(v >= 0 for v in values)} of {len(values)} paired runs"
+              for (a, b), values in paired.items()]
     if len(points) > 2:
         rho = spearman([p[0] for p in points], [p[1] for p in points])
-        lines += ["", f"Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
+        lines += [f"Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
                   f"over it, {len(points)} folders: {rho:+.2f}"]
     return "\n".join(lines) + "\n"
 
