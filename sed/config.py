@@ -125,7 +125,7 @@ class TrainConfig:
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("design choice: the teacher's top proposals per image (by objectness, after "
                                    "NMS) used as RoIs for distillation and the scale link; fewer cost AP in the "
-                                   "experiment (README \"Experiment\", stop 21)", 512)
+                                   "experiment (docs/experiment/proposals/README.md, stop 21)", 512)
     strong_color_jitter: float = _help("strength of the strong view's colour jitter", 0.4)
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
     strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)
