@@ -28,15 +28,14 @@ import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint, load_weights
 from sed.config import from_dict, model_options
-from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, load_rgb
+from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, is_image_file, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
 from sed.visualize import visualize_dataset
 
 def image_files(folder):
     """The image files of `folder` (not recursive; the extensions of --unlabeled-images), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir()
-                  if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".") and p.is_file())
+    return sorted(p for p in Path(folder).iterdir() if is_image_file(p))
 
 
 class ImageFolder(torch.utils.data.Dataset):

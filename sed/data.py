@@ -74,13 +74,15 @@ def _load_coco_json(ann_file):
     return data, columns
 
 
+SINGULAR = {"images": "image", "categories": "category", "annotations": "annotation"}
+
+
 def _check_integer_ids(ann_file, data, columns):
     """Every id is an integer, as COCO's format says (cocodataset.org/#format-data): COCOeval would
     die on another at the end of training (int() of a category id, an annotation id stored in a float
     array). The first offender is a UserError; true/false are not integers (type is not int)."""
-    for what, entries in (("image", data["images"]), ("category", data["categories"]),
-                          ("annotation", data["annotations"])):
-        ids = [e.get("id") for e in entries]
+    for key, what in SINGULAR.items():
+        ids = [e.get("id") for e in data[key]]
         k = next((k for k, v in enumerate(ids) if type(v) is not int), None)
         if k is not None:
             raise UserError(f"{ann_file}: {what} id {json.dumps(ids[k])} is not an integer "
@@ -90,9 +92,6 @@ def _check_integer_ids(ann_file, data, columns):
         if k is not None:
             raise UserError(f"{ann_file}: annotation {data['annotations'][k]['id']} has {key} "
                             f"{json.dumps(columns[key][k])}, not an integer (COCO ids are integers)")
-
-
-SINGULAR = {"images": "image", "categories": "category", "annotations": "annotation"}
 
 
 def _unique_ids(ann_file, entries, key, why):
@@ -357,6 +356,12 @@ class CocoDetection(Dataset):
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+def is_image_file(path):
+    """An image of a folder without annotations (--unlabeled-images, eval.py --images): IMAGE_EXTENSIONS in
+    any letter case, not hidden (an editor's or macOS's "._" copy)."""
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
+
+
 class ImageFolderDetection(Dataset):
     """The images of a folder and its subfolders, without annotations: an unlabeled pool that needs
     no COCO JSON (`--unlabeled-images DIR`). The interface of CocoDetection that training uses:
@@ -370,9 +375,7 @@ class ImageFolderDetection(Dataset):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise UserError(f"{self.image_dir}: directory not found (unlabeled images)")
-        self.paths = sorted(p for p in self.image_dir.rglob("*")
-                            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-                            and p.is_file())
+        self.paths = sorted(p for p in self.image_dir.rglob("*") if is_image_file(p))
         if not self.paths:
             raise UserError(f"{self.image_dir}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images "
                             "in the folder or its subfolders")
