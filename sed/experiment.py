@@ -29,6 +29,9 @@ regression too):
     sed_hard_16_proposals, sed_hard_8_proposals, sed_hard_4_proposals, sed_hard_64_proposals  sed_hard
                       distilling on fewer or more of the teacher's proposals per image (--teacher-proposals
                       16, 8, 4, 64 instead of 32)
+    teacher_student_0.9, sed_hard_0.9  teacher_student and sed_hard with hard labels at teacher score >= 0.9
+                      instead of 0.7 (--pseudo-threshold 0.9): fewer objects covered by the hard labels
+                      from the same burn-in (docs/experiment/stop24)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -83,6 +86,8 @@ ROWS = {"supervised": None,
         "sed_hard_8_proposals": ["--teacher-proposals", "8", *HARD],
         "sed_hard_4_proposals": ["--teacher-proposals", "4", *HARD],
         "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
+        "teacher_student_0.9": ["--no-distill", "--no-scale-consistency", "--no-reweight", "--pseudo-threshold", "0.9"],
+        "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
@@ -93,7 +98,7 @@ ROWS = {"supervised": None,
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 ON_HARD_LABELS = ["teacher_student", "ts+distill", "ts+scale", "sed_hard"]  # the same, hard labels kept
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
-DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_weight_on_objects")
+DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_recall@0.9", "pl_weight_on_objects")
 
 
 def parse_args(argv):
@@ -342,10 +347,17 @@ def references(table):
     that was run; the variants over sed (sed_hard's: over sed_hard)."""
     reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
     reference |= {r: "sed_hard" for r in ROWS if r.startswith("sed_hard_") and "sed_hard" in table}
+    reference |= {r: "teacher_student" for r in ROWS if r.startswith("teacher_student_") and "teacher_student" in table}
     for chain in (INCREMENTAL, ON_HARD_LABELS):
         present = [r for r in chain if r in table]
         reference |= dict(zip(present[1:], present))
     return reference
+
+
+def mean_of(values):
+    """'0.12': the mean of the values that are not None (runs saved before a diagnostic existed); '-': none."""
+    values = [v for v in values if v is not None]
+    return f"{statistics.mean(values):.2f}" if values else "-"
 
 
 def render_markdown(table, family):
@@ -368,11 +380,13 @@ def render_markdown(table, family):
     for other in ("supervised", "sed"):
         if "sed_hard" in table and other in table:
             lines += [f"sed_hard (SED + hard labels) - {other}, AP: {gain(table, 'sed_hard', other)[0]}"]
+    for row, other in (("sed_hard", "teacher_student"), ("sed_hard_0.9", "teacher_student_0.9")):
+        if row in table and other in table:
+            lines += [f"{row} - {other}, AP: {gain(table, row, other)[0]}"]
     lines += ["", "Teacher's pseudo-labels at the end (32 unlabeled images), mean over seeds:", "",
               "| row | " + " | ".join(DIAGNOSTICS) + " |", "|---" * (len(DIAGNOSTICS) + 1) + "|"]
     for r in rows[1:] if rows and rows[0] == "supervised" else rows:
-        runs = [run for run in table[r].values() if run["diagnostics"]]
-        cells = [f"{statistics.mean(run['diagnostics'][k] for run in runs):.2f}" if runs else "-" for k in DIAGNOSTICS]
+        cells = [mean_of([run["diagnostics"].get(k) for run in table[r].values()]) for k in DIAGNOSTICS]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     commits = sorted({run["commit"] for runs in table.values() for run in runs.values()})
     lines += ["", f"Commits: {', '.join(commits)}. Exact flags of each run: the JSON files beside this one."]

@@ -44,6 +44,27 @@ def test_gains_are_paired_per_seed_and_rows_compare_with_the_row_above(tmp_path)
     assert "SED - supervised, AP: 4.0 ± 1.0" in lines
 
 
+def test_threshold_rows_pair_with_their_own_baseline_and_missing_diagnostics_are_left_out(tmp_path):
+    """teacher_student_0.9 gains over teacher_student, sed_hard_0.9 over sed_hard, and the default's gain over the
+    teacher-student is printed at both thresholds; pl_recall@0.9 (absent from runs saved before it) averages
+    over the runs that have it."""
+    for seed, aps in enumerate([(10.0, 11.0, 8.0, 12.0), (20.0, 19.0, 17.0, 20.0)]):
+        for row, ap in zip(("teacher_student", "sed_hard", "teacher_student_0.9", "sed_hard_0.9"), aps):
+            write_run(tmp_path, row, seed, ap)
+    record = json.loads((tmp_path / "sed_hard_0.9_seed0.json").read_text())
+    record["diagnostics"]["pl_recall@0.9"] = 0.25
+    (tmp_path / "sed_hard_0.9_seed0.json").write_text(json.dumps(record))
+    lines = render_markdown(load_results(tmp_path), "rings").splitlines()
+    assert any(line.startswith("| teacher_student_0.9 | 2 |") and line.endswith("| -2.5 ± 0.7 | teacher_student |")
+               for line in lines)  # -2, -3
+    assert any(line.startswith("| sed_hard_0.9 | 2 |") and line.endswith("| 1.0 ± 0.0 | sed_hard |") for line in lines)
+    assert "sed_hard - teacher_student, AP: 0.0 ± 1.4" in lines      # +1, -1
+    assert "sed_hard_0.9 - teacher_student_0.9, AP: 3.5 ± 0.7" in lines  # +4, +3
+    diagnostics = [line for line in lines if line.startswith("| sed_hard_0.9 |")][-1].split(" | ")
+    assert diagnostics[1:] == ["1.00", "0.50", "0.25", "0.25", "0.75 |"]  # recall@0.9 from seed 0 only
+    assert [line for line in lines if line.startswith("| sed_hard |")][-1].split(" | ")[4] == "-"
+
+
 def test_spearman_by_hand():
     assert spearman([1, 2, 3, 4], [8, 6, 4, 2]) == pytest.approx(-1.0)
     # ranks [1, 2.5, 2.5, 4] (a tie) and [1, 2, 4, 3]: centred [-1.5, 0, 0, 1.5] and [-1.5, -0.5, 1.5, 0.5],
@@ -94,7 +115,7 @@ def test_every_row_names_its_hard_label_switch():
     data = {k: Path(k) for k in ("train_ann", "train_images", "val_ann", "val_images")}
     args = parse_args([])
     for row in sed.experiment.ROWS:
-        if row in ("supervised", "teacher_student"):
+        if row in ("supervised", "teacher_student", "teacher_student_0.9"):  # --no-distill: hard labels either way
             continue
         cfg = sed.config.parse_args(sed.experiment.row_command(args, data, row, 0, Path("o"))[1:], check_files=False)
         assert cfg.hard_pseudo_labels == (row in sed.experiment.ON_HARD_LABELS or row.startswith("sed_hard_")), row
