@@ -72,8 +72,9 @@ from sed.synthetic import generate
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE_1 = ["--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
 HARD = ["--hard-pseudo-labels"]
+TEACHER_STUDENT = ["--no-distill", "--no-scale-consistency", "--no-reweight"]  # hard labels only
 ROWS = {"supervised": None,
-        "teacher_student": ["--no-distill", "--no-scale-consistency", "--no-reweight"],
+        "teacher_student": TEACHER_STUDENT,
         "+distill": ["--no-scale-consistency", "--no-reweight", *FIGURE_1],
         "+scale": ["--no-reweight", *FIGURE_1],
         "sed": FIGURE_1,
@@ -86,7 +87,7 @@ ROWS = {"supervised": None,
         "sed_hard_8_proposals": ["--teacher-proposals", "8", *HARD],
         "sed_hard_4_proposals": ["--teacher-proposals", "4", *HARD],
         "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
-        "teacher_student_0.9": ["--no-distill", "--no-scale-consistency", "--no-reweight", "--pseudo-threshold", "0.9"],
+        "teacher_student_0.9": [*TEACHER_STUDENT, "--pseudo-threshold", "0.9"],
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
@@ -344,7 +345,7 @@ def gain(table, row, reference):
 
 def references(table):
     """{row: the row its AP gain is over}: in each chain (INCREMENTAL, ON_HARD_LABELS) the nearest row above
-    that was run; the variants over sed (sed_hard's: over sed_hard)."""
+    that was run; the variants over sed (sed_hard's: over sed_hard, teacher_student's: over teacher_student)."""
     reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
     reference |= {r: "sed_hard" for r in ROWS if r.startswith("sed_hard_") and "sed_hard" in table}
     reference |= {r: "teacher_student" for r in ROWS if r.startswith("teacher_student_") and "teacher_student" in table}
