@@ -1,11 +1,12 @@
 """Stop 24's noise probe: how far apart do two runs from the same burn-in end when only the data order
 after the burn-in changes? (README.md beside this file, "Noise probe".)
 
-From the rings' seed-0 burn-in of rings-threshold/, teacher_student and sed_hard rerun with their exact
-commands but --seed 10, 11 and 12: the sampler then draws another order of the labeled and unlabeled images
-for iterations 600-900, while the split (--split-seed), the weights and the RNG state at the burn-in are
-those of seed 0. teacher_student also reruns with --seed 0 unchanged (is a rerun bit for bit the same?).
-Run from the repository root after rings-threshold/ (its burn-in under runs/experiment/rings/seed0):
+From the rings' seed-0 burn-in of rings-threshold/, teacher_student, sed_hard and supervised rerun with the
+experiment's commands but --seed 10, 11 and 12: the sampler then draws another order of the labeled and
+unlabeled images for iterations 600-900, while the split (--split-seed), the weights and the RNG state at the
+burn-in are those of seed 0. teacher_student reruns with --seed 0 unchanged too (is a rerun bit for bit the
+same?), and supervised runs with it (sed_hard's order 0 is rings-threshold/'s run). Runs whose file exists in
+noise/ are skipped. Run from the repository root after rings-threshold/ (its burn-in under runs/experiment/rings):
     PYTHONPATH=. python docs/experiment/stop24/noise_probe.py
 """
 import json
@@ -13,14 +14,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from sed.experiment import run, run_record
+from sed.experiment import parse_args, prepare_data, row_command, run, run_record
 
 HERE = Path(__file__).resolve().parent
-ORDERS = {"teacher_student": (0, 10, 11, 12), "sed_hard": (10, 11, 12)}
+ORDERS = {"teacher_student": (0, 10, 11, 12), "sed_hard": (10, 11, 12), "supervised": (0, 10, 11, 12)}
+EXPERIMENT = Path("runs/experiment/rings")  # rings-threshold/'s --out and family
 
 
 def probe(row, order):
-    cmd = json.loads((HERE / "rings-threshold" / f"{row}_seed0.json").read_text())["command"][1:]
+    if (HERE / "noise" / f"{row}_order{order}.json").exists():
+        return
+    args = parse_args(["--family", "rings"])
+    cmd = row_command(args, prepare_data(args, EXPERIMENT / "data"), row, 0, EXPERIMENT)  # ["train.py", ...]
     cmd[cmd.index("--seed") + 1] = str(order)
     out = Path("runs/noise") / f"{row}_order{order}"
     cmd[cmd.index("--out") + 1] = str(out)
