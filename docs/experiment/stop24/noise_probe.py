@@ -22,12 +22,12 @@ from sed.experiment import parse_args, prepare_data, row_command, run, run_recor
 HERE = Path(__file__).resolve().parent
 
 
-def probe(family, row, order):
+def probe(family, row, seed0_cmd, order):
+    """seed0_cmd: the experiment's seed-0 command of the row (["train.py", ...]), rerun with --seed order."""
     record_path = HERE / f"noise-{family}" / f"{row}_order{order}.json"
     if record_path.exists():
         return
-    args, experiment = parse_args(["--family", family]), Path("runs/experiment") / family
-    cmd = row_command(args, prepare_data(args, experiment / "data"), row, 0, experiment)  # ["train.py", ...]
+    cmd = list(seed0_cmd)
     cmd[cmd.index("--seed") + 1] = str(order)
     out = Path("runs/noise") / family / f"{row}_order{order}"
     cmd[cmd.index("--out") + 1] = str(out)
@@ -45,6 +45,8 @@ if __name__ == "__main__":
     p.add_argument("--orders", type=int, nargs="+", required=True)
     a = p.parse_args()
     (HERE / f"noise-{a.family}").mkdir(exist_ok=True)
-    jobs = [(a.family, row, order) for row in a.rows for order in a.orders]
+    args, experiment = parse_args(["--family", a.family]), Path("runs/experiment") / a.family
+    data = prepare_data(args, experiment / "data")
+    jobs = [(a.family, row, row_command(args, data, row, 0, experiment), order) for row in a.rows for order in a.orders]
     with ThreadPoolExecutor(len(jobs)) as pool:
         list(pool.map(lambda job: probe(*job), jobs))
