@@ -40,6 +40,8 @@ import train  # noqa: E402
 SED_LABELED, SED_UNLABELED = 1, 4
 SED_STEPS = {"sed step": {}, "sed step, teacher rois": {"hard_label_rois": "teacher"},  # kind -> TrainConfig changes
              "sed step, figure 1": {"hard_pseudo_labels": False}}
+PARTS = {"sed": ("SED", "sed step"), "sed-teacher-rois": ("SED teacher rois", "sed step, teacher rois"),
+         "sed-figure1": ("SED fig.1", "sed step, figure 1")}  # --parts name -> (printed name, SED_STEPS kind)
 
 
 def make_inputs(batch_size, height, width, device, seed=0):
@@ -194,6 +196,10 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="autocast precision of every step, as train.py --dtype")
+    parser.add_argument("--parts", nargs="+", default=["detector", *PARTS], choices=["detector", *PARTS],
+                        help="what to compare: ours vs torchvision (detector), and each SED step vs supervised; "
+                        "e.g. `--parts sed sed-figure1 --height 800 --width 1333 --min-size 800 --max-size 1333` "
+                        "measures the SED ratios at train.py's default image size")
     parser.add_argument("--data", action="store_true",
                         help="benchmark data loading at train2017 size instead (sed/bench_data.py)")
     parser.add_argument("--data-dir", default=None, help="--data: where the generated files go (reused)")
@@ -213,11 +219,10 @@ def main(argv=None):
     torch.save(state, state_file)
     print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, {args.dtype}, "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
-    for kind in ("train step", "inference"):
+    for kind in ("train step", "inference") if "detector" in args.parts else ():
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
                 args, state, state_file, device, args.batch_size)
-    for name, kind in (("SED", "sed step"), ("SED teacher rois", "sed step, teacher rois"),
-                       ("SED fig.1", "sed step, figure 1")):
+    for name, kind in (PARTS[part] for part in PARTS if part in args.parts):
         compare(f"{name} {SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}",
                 [("sed", "ours", kind), ("supervised", "ours", "supervised, same images")],
                 args, state, state_file, device, SED_LABELED + SED_UNLABELED)
