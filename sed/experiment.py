@@ -32,6 +32,8 @@ regression too):
     teacher_student_0.9, sed_hard_0.9  teacher_student and sed_hard with hard labels at teacher score >= 0.9
                       instead of 0.7 (--pseudo-threshold 0.9): fewer objects covered by the hard labels
                       from the same burn-in (docs/experiment/stop24)
+    sed_hard_no_distill  sed_hard without soft self-distillation (--no-distill): hard labels, scale
+                      equivalence and re-weighting (docs/experiment/stop25)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -89,6 +91,7 @@ ROWS = {"supervised": None,
         "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
         "teacher_student_0.9": [*TEACHER_STUDENT, "--pseudo-threshold", "0.9"],
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
+        "sed_hard_no_distill": ["--no-distill", *HARD],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
