@@ -1,6 +1,8 @@
 """Speed and memory: our detector against torchvision's, and an SED step against a supervised one.
 
     python -m sed.bench [--device cuda] [--dtype bfloat16] [--height 800 --width 1333] [--repeats 5]  (make bench)
+    python -m sed.bench --parts sed sed-figure1 --height 800 --width 1333 --min-size 800 --max-size 1333
+                                     (only the SED ratios, at train.py's default image size: 24 min on 2 cores)
     python -m sed.bench --data [--data-dir DIR] [--data-batches 10000]   (data loading: sed/bench_data.py)
 
 1. Training step (forward + backward) and inference of our R50-FPN and torchvision's
