@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Eight families (`--family`, `FAMILIES`):
+Nine families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -21,6 +21,9 @@ Eight families (`--family`, `FAMILIES`):
   and hourglasses (1-5 per image, 5 px to 0.5 of the image side) on polka dots with clutter;
 - signs: generated at stop 22, before any run on it, a seventh family for checking the defaults again:
   parallelograms, octagons and arches (1-6 per image, 6 px to 0.5 of the image side) on plaid with clutter;
+- badges: generated at stop 26, before any run on it, an eighth family for the seeded check of a
+  candidate default: quarter-discs, lightning bolts and dumbbells (1-6 per image, 5 px to 0.55 of the
+  image side) on a grid of thin lines with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -54,6 +57,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
+    #                          | "grid"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -76,6 +80,8 @@ FAMILIES = {
     # a seventh family, generated at stop 22 before any run on it: other classes, plaid
     "signs": Family(((22, "parallelogram", 0.4), (23, "octagon", 0.35), (24, "arch", 0.25)), 6, 0.5, 6, "plaid",
                     True),
+    # an eighth family, generated at stop 26 before any run on it: other classes, a grid of thin lines
+    "badges": Family(((25, "sector", 0.4), (26, "bolt", 0.35), (27, "dumbbell", 0.25)), 5, 0.55, 6, "grid", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -142,6 +148,15 @@ def _draw_shape(name, w, h):
     elif name == "arch":        # the box less a half-ellipse opening at the bottom, half the box wide and high
         d.rectangle([0, 0, r, b], fill=255)
         d.ellipse([r / 4, b / 2, 3 * r / 4, 1.5 * b], fill=0)
+    elif name == "sector":      # a quarter of an ellipse centred on the bottom-left corner
+        d.pieslice([-r, 0, r, 2 * b], 270, 360, fill=255)
+    elif name == "bolt":        # a lightning bolt: two slanted strokes offset at mid-height
+        d.polygon([(0.7 * r, 0), (0, 0.55 * b), (0.45 * r, 0.55 * b), (0.3 * r, b), (r, 0.4 * b),
+                   (0.55 * r, 0.4 * b)], fill=255)
+    elif name == "dumbbell":    # two discs, each 0.4 of the box wide, joined by a bar a third of the box high
+        d.ellipse([0, 0, 0.4 * r, b], fill=255)
+        d.ellipse([0.6 * r, 0, r, b], fill=255)
+        d.rectangle([0.2 * r, b / 3, 0.8 * r, 2 * b / 3], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -214,6 +229,16 @@ def _plaid_background(rng, w, h):
     return _blend(c0, c1, t)
 
 
+def _grid_background(rng, w, h):
+    """Thin lines (1-3 px) of one muted colour on another, a square grid of random spacing (8-24 px) and
+    offset -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    spacing, width = rng.uniform(8, 24), rng.integers(1, 4)
+    ys, xs = np.mgrid[0:h, 0:w] + rng.uniform(0, spacing, size=(2, 1, 1))
+    on_line = (xs % spacing < width) | (ys % spacing < width)              # [h, w]
+    return _blend(c0, c1, on_line.astype(float))   # t [h, w] in {0, 1}
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -245,7 +270,8 @@ def _clutter(rng, img):
 def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
-                   "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background}
+                   "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
+                   "grid": _grid_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -332,7 +358,7 @@ def main(argv=None):
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
-                        "plaid (all three with clutter); easy: 3 large shapes, no clutter (the demo)")
+                        "plaid; badges: 3 others on a grid of lines (all four with clutter); easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),
