@@ -48,14 +48,16 @@ regression too):
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
-COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit and the exact
-flags); runs whose file exists are skipped (a file from other settings is a one-line error), and
-results.md and results.png are rendered from all the files, so seeds can be added one at a time.
+COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit, the exact
+flags and the checksum of its burn-in's weights); runs whose file exists are skipped (a file from other
+settings is a one-line error, and so is one from another burn-in of the same seed: the code changed
+since, and a new row would not be paired with it), and results.md and results.png are rendered from all the files, so seeds can be added one at a time.
 Runs go --parallel at a time with one thread each.
 """
 import argparse
 import dataclasses
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -69,6 +71,7 @@ from pathlib import Path
 import torch
 
 import sed.config
+from sed.checkpoint import load_checkpoint
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -268,6 +271,34 @@ def row_command(args, data, row, seed, out):
     return cmd + ([*sed_flags(args), *ROWS[row]] if ROWS[row] is not None else [])
 
 
+def burn_in_checksum(ckpt_path):
+    """sha1 of a burn-in checkpoint's weights, in name order: what a seed's rows start from. Same settings
+    do not make the same burn-in: a code change that moves float rounding gives other weights."""
+    h = hashlib.sha1()
+    for name, tensor in sorted(load_checkpoint(ckpt_path)["model"].items()):
+        h.update(name.encode() + tensor.float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_pairing(results, seed, checksum):
+    """A new row of a seed is paired with the saved rows of that seed only if they started from the same
+    burn-in: a saved run recording another checksum is a one-line error; saved runs recording none (before
+    stop 26) are named in one warning line (rerun `supervised` into a scratch --results folder: the same AP
+    to the last digit means the same burn-in)."""
+    unrecorded = []
+    for path in sorted(results.glob(f"*_seed{seed}.json")):
+        saved = json.loads(path.read_text()).get("burn_in")
+        if saved is None:
+            unrecorded.append(path.name)
+        elif saved != checksum:
+            raise SystemExit(f"error: {path} started from another burn-in than today's seed {seed} (the code "
+                             "changed since it ran): a new row would not be paired with it; choose another "
+                             "--results folder and rerun the rows to compare")
+    if unrecorded:
+        print(f"warning: {results}: {', '.join(unrecorded)} record no burn-in checksum; a new row of seed {seed} "
+              "is paired with them only if today's burn-in is theirs", file=sys.stderr, flush=True)
+
+
 def stamp_matches(stamp, value):
     """True if the JSON file `stamp` exists and holds value: what made the files beside it."""
     return stamp.exists() and json.loads(stamp.read_text()) == value
@@ -302,23 +333,26 @@ def train_all(args, results):
 
     def burn_in(seed):
         cmd, ckpt = burn_in_command(args, data, seed, out), out / f"seed{seed}" / "burn_in.pt"
-        if ckpt.exists() and stamp_matches(ckpt.with_suffix(".json"), settings(cmd)):
-            return
-        run(cmd, out / f"seed{seed}" / "burn_in.log")
-        shutil.copy(out / f"seed{seed}" / "burn_in" / "last.pt", ckpt)
-        ckpt.with_suffix(".json").write_text(json.dumps(settings(cmd)))
+        if not (ckpt.exists() and stamp_matches(ckpt.with_suffix(".json"), settings(cmd))):
+            run(cmd, out / f"seed{seed}" / "burn_in.log")
+            shutil.copy(out / f"seed{seed}" / "burn_in" / "last.pt", ckpt)
+            ckpt.with_suffix(".json").write_text(json.dumps(settings(cmd)))
+        checksum = burn_in_checksum(ckpt)
+        check_pairing(results, seed, checksum)
+        return checksum
 
     def train(row, seed):
         cmd = row_command(args, data, row, seed, out)
         start = time.time()
         run(cmd, out / f"seed{seed}" / f"{row}.log")
         record = run_record(out / f"seed{seed}" / row, row, seed, cmd, (time.time() - start) / 60)
+        record["burn_in"] = checksums[seed]
         (results / f"{row}_seed{seed}.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"{row} seed {seed}: AP {record['metrics']['AP']:.1f} ({record['minutes']} min)", flush=True)
 
     with ThreadPoolExecutor(args.parallel) as pool:
-        for future in [pool.submit(burn_in, seed) for seed in sorted({s for _, s in todo})]:
-            future.result()
+        seeds = sorted({s for _, s in todo})
+        checksums = dict(zip(seeds, [future.result() for future in [pool.submit(burn_in, s) for s in seeds]]))
         for future in [pool.submit(train, row, seed) for row, seed in todo]:
             future.result()
 

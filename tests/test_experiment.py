@@ -6,12 +6,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import torch
 
 import sed.config
 import sed.experiment
+from sed.checkpoint import save_checkpoint
 from sed.config import TrainConfig
-from sed.experiment import (gain, load_results, parse_args, prepare_data, render_markdown, saved_run_matches,
-                            settings, spearman, summary)
+from sed.experiment import (burn_in_checksum, check_pairing, gain, load_results, parse_args, prepare_data,
+                            render_markdown, saved_run_matches, settings, spearman, summary)
 
 
 def write_run(folder, row, seed, ap, recall=0.25):
@@ -181,7 +183,7 @@ def test_a_burn_in_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
         out.mkdir(parents=True)
         ran.append(out.name)
         if out.name == "burn_in":
-            (out / "last.pt").write_bytes(b"")
+            save_checkpoint(out / "last.pt", {"model": {"w": torch.ones(2)}, "iteration": 2, "config": {}})
             return
         metrics = {"model": "student", **{c: 1.0 for c in sed.experiment.COLUMNS}}
         (out / "metrics.jsonl").write_text(json.dumps(metrics) + "\n")
@@ -198,6 +200,8 @@ def test_a_burn_in_is_reused_only_with_the_same_settings(tmp_path, monkeypatch):
         (tmp_path / results).mkdir()
         sed.experiment.train_all(parse_args([*argv, "--burn-in", burn_in]), tmp_path / results)
         assert ran == expected
+        record = json.loads((tmp_path / results / "supervised_seed0.json").read_text())
+        assert record["burn_in"] == burn_in_checksum(tmp_path / "runs" / "shapes" / "seed0" / "burn_in.pt")
 
 
 def test_settings_leave_out_only_what_the_run_does_not_use():
@@ -248,3 +252,23 @@ def test_the_lr_step_is_three_quarters_of_the_way_after_the_burn_in_unless_given
     assert lr_steps(["--iters", "900"]) == "825"
     assert lr_steps(["--iters", "1000", "--burn-in", "200"]) == "800"
     assert lr_steps(["--iters", "900", "--lr-step", "700"]) == "700"
+
+
+def test_a_new_row_pairs_only_with_saved_runs_of_the_same_burn_in(tmp_path, capsys):
+    """The burn-in's checksum is the weights' (not the file's), and a seed's saved runs from another burn-in
+    (the code changed since) stop the invocation in one line; runs that record none are named in a warning."""
+    for weights, name in [(torch.ones(2), "a.pt"), (torch.ones(2), "b.pt"), (torch.tensor([1.0, 2.0]), "c.pt")]:
+        save_checkpoint(tmp_path / name, {"model": {"w": weights}, "iteration": 2, "config": {"out": name}})
+    same, other = burn_in_checksum(tmp_path / "a.pt"), burn_in_checksum(tmp_path / "c.pt")
+    assert same == burn_in_checksum(tmp_path / "b.pt") and same != other
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "supervised_seed0.json").write_text(json.dumps({"burn_in": same}))
+    (results / "sed_seed1.json").write_text(json.dumps({"burn_in": other}))
+    check_pairing(results, 0, same)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(SystemExit, match="sed_seed1.json started from another burn-in"):
+        check_pairing(results, 1, same)
+    (results / "sed_hard_seed0.json").write_text(json.dumps({"row": "sed_hard"}))  # saved before stop 26
+    check_pairing(results, 0, same)
+    assert "sed_hard_seed0.json record no burn-in checksum" in capsys.readouterr().err
