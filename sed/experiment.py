@@ -51,7 +51,8 @@ Within a seed every row starts from the same supervised burn-in checkpoint (pair
 COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit, the exact
 flags and the checksum of its burn-in's weights); runs whose file exists are skipped (a file from other
 settings is a one-line error, and so is one from another burn-in of the same seed: the code changed
-since, and a new row would not be paired with it), and results.md and results.png are rendered from all the files, so seeds can be added one at a time.
+since, and a new row would not be paired with it), and results.md and results.png are rendered from
+all the files, so seeds can be added one at a time.
 Runs go --parallel at a time with one thread each.
 """
 import argparse
