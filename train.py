@@ -58,7 +58,7 @@ import sed
 from sed import distributed
 from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
-from sed.config import describe_batch, model_options, parse_args, resolve_batch
+from sed.config import changed_sed_settings, describe_batch, model_options, parse_args, resolve_batch
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
@@ -238,6 +238,11 @@ def train(cfg):
         iteration = ckpt["iteration"]
         if master:
             print(f"resumed from {cfg.resume} at iteration {iteration}")
+            changed = changed_sed_settings(ckpt["config"], cfg)
+            if changed:
+                print(f"warning: --resume: this run's SED settings differ from the checkpoint's "
+                      f"({', '.join(changed)}); pass the checkpoint's flags to continue its run unchanged",
+                      file=sys.stderr)
     if master:
         for name in ("log.jsonl", "metrics.jsonl"):
             trim_jsonl(os.path.join(cfg.out, name), iteration if cfg.resume else -1)

@@ -10,9 +10,9 @@
 2. One SED step (1 labeled + 4 unlabeled images, Soft Teacher's 1:4; teacher on the weak view,
    student on the strong and 0.5x views, `train.sed_step`) against a supervised step over as many
    images (5 labeled): ratio SED / supervised (target <= 1.5), for `train.py`'s defaults (hard labels
-   on, their box-head loss on the student's own proposals), with `--hard-label-rois teacher` (on the
-   teacher's proposals, the box-head pass of the distillation) and for SED as Figure 1 draws it
-   (`--no-hard-pseudo-labels`).
+   on, their box-head loss on the student's own proposals, no soft self-distillation), with
+   `--hard-label-rois teacher` (on the teacher's proposals, the box-head pass of the scale targets) and
+   for SED as Figure 1 draws it (`--distill --no-hard-pseudo-labels`).
 Times are medians, measured alternately in one process so both sides see the same machine load.
 Peak memory: CUDA, the allocator's peak during one step; CPU, the growth of the resident size
 during one step in a fresh process that holds only that step's model(s).
@@ -41,7 +41,7 @@ import train  # noqa: E402
 
 SED_LABELED, SED_UNLABELED = 1, 4
 SED_STEPS = {"sed step": {}, "sed step, teacher rois": {"hard_label_rois": "teacher"},  # kind -> TrainConfig changes
-             "sed step, figure 1": {"hard_pseudo_labels": False}}
+             "sed step, figure 1": {"distill": True, "hard_pseudo_labels": False}}
 PARTS = {"sed": ("SED", "sed step"), "sed-teacher-rois": ("SED teacher rois", "sed step, teacher rois"),
          "sed-figure1": ("SED fig.1", "sed step, figure 1")}  # --parts name -> (printed name, SED_STEPS kind)
 

@@ -33,7 +33,8 @@ regression too):
                       instead of 0.7 (--pseudo-threshold 0.9): fewer objects covered by the hard labels
                       from the same burn-in (docs/experiment/stop24)
     sed_hard_no_distill  sed_hard without soft self-distillation (--no-distill): hard labels, scale
-                      equivalence and re-weighting (docs/experiment/stop25)
+                      equivalence and re-weighting (docs/experiment/stop25); train.py's default since
+                      stop 26 (docs/experiment/stop26)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -76,8 +77,8 @@ from sed.checkpoint import load_checkpoint
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
-FIGURE_1 = ["--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
-HARD = ["--hard-pseudo-labels"]
+FIGURE_1 = ["--distill", "--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
+HARD = ["--distill", "--hard-pseudo-labels"]  # the same plus the hard labels (train.py's default, stops 19-25)
 TEACHER_STUDENT = ["--no-distill", "--no-scale-consistency", "--no-reweight"]  # hard labels only
 ROWS = {"supervised": None,
         "teacher_student": TEACHER_STUDENT,
@@ -95,7 +96,7 @@ ROWS = {"supervised": None,
         "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
         "teacher_student_0.9": [*TEACHER_STUDENT, "--pseudo-threshold", "0.9"],
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
-        "sed_hard_no_distill": ["--no-distill", *HARD],
+        "sed_hard_no_distill": ["--no-distill", "--hard-pseudo-labels"],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
@@ -196,8 +197,6 @@ def run_record(run_dir, row, seed, cmd, minutes):
 
 
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
-_NAMES = [f.name for f in dataclasses.fields(sed.config.TrainConfig)]
-SED_FIELDS = set(_NAMES[_NAMES.index("unlabeled_batch_size"):_NAMES.index("eval_every")])  # --help group "SED"
 DEFAULTS = json.loads(json.dumps(dataclasses.asdict(sed.config.TrainConfig())))  # as settings() reads them
 SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
                       "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
@@ -214,7 +213,7 @@ def inert_fields(cfg):
     --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
     inert = set()
     if cfg.method == "supervised":
-        inert |= SED_FIELDS
+        inert |= sed.config.SED_FIELDS
     if not (cfg.distill or cfg.scale_consistency):
         inert |= SOFT_TARGET_FIELDS
     if not cfg.distill:
@@ -446,18 +445,19 @@ def spearman(xs, ys):
     return cov / (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
 
 
-SUMMARY_ROWS = ("supervised", "teacher_student", "sed", "sed_hard")
-SUMMARY_GAINS = (("sed_hard", "supervised"), ("sed", "supervised"))
+SUMMARY_ROWS = ("supervised", "teacher_student", "sed", "sed_hard", "sed_hard_no_distill")
+SUMMARY_GAINS = (("sed_hard_no_distill", "supervised"), ("sed_hard", "supervised"), ("sed", "supervised"))
 
 
 def summary(folders):
-    """Markdown, one line per results folder (a family or a setting): the main rows' AP, the default's
-    and Figure 1's gains over supervised, and the default's gain over the teacher-student per seed beside
+    """Markdown, one line per results folder (a family or a setting): the main rows' AP, the gains over
+    supervised of the default (sed_hard_no_distill since stop 26), of stops 19-25's default and of Figure 1, and the default's gain over the teacher-student per seed beside
     the teacher-student's pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
     labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper names. Sorted by
     that recall; then how many paired runs of all folders gain, and the rank correlation of recall and gain."""
     lines = ["| results | " + " | ".join(SUMMARY_ROWS) + " | " + " | ".join(f"{a} - {b}" for a, b in SUMMARY_GAINS)
-             + " | teacher_student pl_recall@0.7 | sed_hard - teacher_student |", "|---" * 9 + "|"]
+             + " | teacher_student pl_recall@0.7 | sed_hard - teacher_student |",
+             "|---" * (len(SUMMARY_ROWS) + len(SUMMARY_GAINS) + 3) + "|"]
     points, paired = [], {pair: [] for pair in SUMMARY_GAINS}   # (row, reference) -> every paired gain
     for folder in folders:
         table = load_results(Path(folder))
@@ -476,7 +476,7 @@ def summary(folders):
         points.append((recall, statistics.mean(values), line))
     lines += [line for *_, line in sorted(points)] + [""]
     lines += [f"{a} >= {b} on {sum(v >= 0 for v in values)} of {len(values)} paired runs"
-              for (a, b), values in paired.items()]
+              for (a, b), values in paired.items() if values]
     if len(points) > 2:
         rho = spearman([p[0] for p in points], [p[1] for p in points])
         lines += [f"Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "

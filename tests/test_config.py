@@ -1,10 +1,11 @@
 """CLI flags are generated from TrainConfig; validation gives one-line errors."""
 import dataclasses
+import json
 import re
 
 import pytest
 
-from sed.config import TrainConfig, build_parser, from_dict, parse_args, validate
+from sed.config import TrainConfig, build_parser, changed_sed_settings, from_dict, parse_args, validate
 
 
 def test_every_field_has_a_flag_and_help():
@@ -47,6 +48,9 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
     (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
     (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1] (a score), got 1.5"),
+    (["--method", "sed", "--no-hard-pseudo-labels"], "--no-hard-pseudo-labels needs --distill (without the soft "
+     "self-distillation the hard labels are the teacher's only signal to the student); --distill "
+     "--no-hard-pseudo-labels is SED as Figure 1 draws it"),
 ])
 def test_validation_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -87,3 +91,12 @@ def test_help_is_grouped_and_every_flag_is_in_one_group():
     assert {"unlabeled_images", "verify_images"} <= set(groups["data"]) and "debug" in groups["system"]
     text = build_parser().format_help()
     assert text.index("\nSED:\n") < text.index("--ema-momentum") < text.index("\nevaluation and logging:\n")
+
+
+def test_changed_sed_settings_name_what_a_resume_changes():
+    """A resumed SED run is warned of each SED setting that differs from its checkpoint's config (a default
+    that changed since it started included), and of nothing else."""
+    saved = json.loads(json.dumps(dataclasses.asdict(TrainConfig(method="sed", distill=True))))
+    assert changed_sed_settings(saved, TrainConfig(method="sed")) == ["--distill True -> False"]
+    assert changed_sed_settings(saved, TrainConfig(method="sed", distill=True, lr=0.1)) == []  # not an SED setting
+    assert changed_sed_settings({**saved, "method": "supervised"}, TrainConfig(method="sed")) == []  # burn-in -> SED

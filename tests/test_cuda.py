@@ -59,7 +59,7 @@ def tiny_setup(device, dtype):
     torch.manual_seed(0)
     model = sed.build_model(num_classes=3, backbone="resnet18", backbone_weights=None,
                             min_size=64, max_size=96, rpn_proposals=(64, 32), roi_batch_size=32).to(device)
-    cfg = TrainConfig(device=device, dtype=dtype, burn_in_iters=0, teacher_proposals=16, unsup_weight=1.0)
+    cfg = TrainConfig(device=device, dtype=dtype, burn_in_iters=0, teacher_proposals=16, unsup_weight=1.0, distill=True)
     images = [torch.rand(3, 64, 80, device=device) for _ in range(5)]
     targets = [{"boxes": torch.tensor([[4.0, 6.0, 40.0, 50.0]], device=device),
                 "labels": torch.tensor([1 + k % 3], device=device)} for k in range(5)]

@@ -87,12 +87,17 @@ def test_summary_sorts_by_the_teacher_student_s_recall(tmp_path):
             write_run(tmp_path / name, "supervised", seed, ts - 2)
     write_run(tmp_path / "mid", "teacher_student", 2, 1.0, recall=0.0)   # no sed_hard: not in the recall
     write_run(tmp_path / "high", "sed", 0, 31.0)
+    write_run(tmp_path / "high", "sed_hard_no_distill", 0, 27.0)
     lines = summary([str(tmp_path / n) for n in setups]).splitlines()
+    assert lines[1] == "|---" * 11 + "|"  # the folder, one column per row and per gain, recall, gain over ts
     assert lines[2:5] == [
-        f"| {tmp_path / 'low'} | 13.0 ± 7.1 | 15.0 ± 7.1 | - | 17.0 ± 5.7 | 4.0 ± 1.4 | - | 0.300 | +3.0, +1.0 (2.0 ± 1.4) |",
-        f"| {tmp_path / 'mid'} | 3.5 ± 0.7 | 4.0 ± 2.6 | - | 6.0 ± 0.7 | 2.5 ± 0.0 | - | 0.600 | +0.5, +0.5 (0.5 ± 0.0) |",
-        f"| {tmp_path / 'high'} | 28.0 | 30.0 | 31.0 | 29.0 | 1.0 | 3.0 | 0.800 | -1.0 (-1.0) |"]
-    assert lines[-3:] == ["sed_hard >= supervised on 5 of 5 paired runs", "sed >= supervised on 1 of 1 paired runs",
+        f"| {tmp_path / 'low'} | 13.0 ± 7.1 | 15.0 ± 7.1 | - | 17.0 ± 5.7 | - | - | 4.0 ± 1.4 | - | 0.300 | "
+        "+3.0, +1.0 (2.0 ± 1.4) |",
+        f"| {tmp_path / 'mid'} | 3.5 ± 0.7 | 4.0 ± 2.6 | - | 6.0 ± 0.7 | - | - | 2.5 ± 0.0 | - | 0.600 | "
+        "+0.5, +0.5 (0.5 ± 0.0) |",
+        f"| {tmp_path / 'high'} | 28.0 | 30.0 | 31.0 | 29.0 | 27.0 | -1.0 | 1.0 | 3.0 | 0.800 | -1.0 (-1.0) |"]
+    assert lines[-4:] == ["sed_hard_no_distill >= supervised on 0 of 1 paired runs",
+                          "sed_hard >= supervised on 5 of 5 paired runs", "sed >= supervised on 1 of 1 paired runs",
                           "Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
                           "over it, 3 folders: -1.00"]
 
@@ -214,7 +219,8 @@ def test_settings_leave_out_only_what_the_run_does_not_use():
     hard = settings([*sed_cmd, "--no-distill", "--no-scale-consistency", "--no-reweight"])
     assert {"unsup_weight", "pseudo_threshold"} <= hard.keys()
     assert not {"weight_floor", "distill_temperature", "hard_pseudo_labels"} & hard.keys()  # hard labels either way
-    assert "hard_pseudo_labels" in settings(sed_cmd)
+    assert "hard_pseudo_labels" not in settings(sed_cmd)  # the default (stop 26): no distillation, hard labels
+    assert "hard_pseudo_labels" in settings([*sed_cmd, "--distill"])
     no_reweight = settings([*sed_cmd, "--no-reweight"])
     assert "distill_reg_weight" in no_reweight and not {"weight_floor", "weight_gamma"} & no_reweight.keys()
     assert "distill_norm" not in no_reweight  # every weight 1: count and weight are the same mean

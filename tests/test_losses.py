@@ -241,7 +241,8 @@ def sed_step(student, teacher, images, cfg):
 
 def test_identical_views_and_weights_give_zero_distillation_and_zero_gradient(tiny):
     student, teacher, images = tiny
-    cfg = TrainConfig(scale_consistency=False, hard_pseudo_labels=False, teacher_proposals=64, **NO_AUGMENT)
+    cfg = TrainConfig(distill=True, scale_consistency=False, hard_pseudo_labels=False, teacher_proposals=64,
+                      **NO_AUGMENT)
     losses, soft = sed_step(student, teacher, images, cfg)
     assert sorted(losses) == ["loss_roi_distill_cls", "loss_roi_distill_reg",
                               "loss_rpn_distill_cls", "loss_rpn_distill_reg"]
@@ -259,7 +260,7 @@ def test_identical_views_and_weights_give_zero_distillation_and_zero_gradient(ti
 
 def test_no_gradient_reaches_the_teacher(tiny):
     student, teacher, images = tiny
-    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=64)
+    cfg = TrainConfig(distill=True, hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=64)
     losses, soft = sed_step(student, teacher, images, cfg)
     for t in [soft.rpn_prob, soft.rpn_deltas, soft.roi_probs, soft.roi_deltas, soft.roi_fg, *soft.features]:
         assert not t.requires_grad
@@ -274,7 +275,8 @@ def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forwar
     loss: the same losses and gradients as the separate forward it replaces (one backbone and RPN head
     pass fewer per SED step)."""
     student, teacher, images = tiny
-    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=32)
+    cfg = TrainConfig(distill=True, hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False,
+                      teacher_proposals=32)
     weak, strong, _ = make_views(student, images, cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
     assert sum(len(d["boxes"]) for d in soft.detections) > 0  # boxes to train on
@@ -305,8 +307,8 @@ def test_hard_label_roi_fraction_samples_fewer_rois_per_unlabeled_image(tiny, fr
     """--hard-label-roi-fraction: the hard labels' box-head loss samples that fraction of --roi-batch-size
     (32 in `tiny`) RoIs per image from the student's proposals."""
     student, teacher, images = tiny
-    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=16,
-                      hard_label_roi_fraction=fraction)
+    cfg = TrainConfig(distill=True, hard_pseudo_labels=True, pseudo_threshold=0.0, scale_consistency=False,
+                      teacher_proposals=16, hard_label_roi_fraction=fraction)
     weak, strong, _ = make_views(student, images, cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
     scores = torch.cat([d["scores"] for d in soft.detections])
@@ -345,7 +347,8 @@ def test_hard_labels_on_the_teacher_rois_reuse_the_student_box_head_pass(tiny):
     on the teacher's proposals (those of the distillation) against their IoU labels; the student's box head
     runs once per view and no student proposals are made."""
     student, teacher, images = tiny
-    cfg = TrainConfig(hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=32, hard_label_rois="teacher")
+    cfg = TrainConfig(distill=True, hard_pseudo_labels=True, pseudo_threshold=0.0, teacher_proposals=32,
+                      hard_label_rois="teacher")
     weak, strong, small = make_views(student, images, cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
     scores = torch.cat([d["scores"] for d in soft.detections])
@@ -429,15 +432,16 @@ def test_no_confident_object_and_no_proposals_give_finite_losses(tiny, distill, 
 
 def test_objective_returns_supervised_and_unsupervised_losses(tiny):
     student, teacher, images = tiny
-    cfg = TrainConfig(teacher_proposals=32)
-    objective = SEDObjective(student, cfg)
     targets = [{"boxes": torch.tensor([[5.0, 5.0, 40.0, 50.0]]), "labels": torch.tensor([1])},
                {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}]
-    weak, strong, small = make_views(student, images, cfg, min_size=64)
-    sup, unsup = objective(images, targets, strong, small, predict_soft(teacher, weak, cfg))
-    assert set(sup) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
-    assert len(unsup) == 12  # the defaults: distillation, scale link and hard labels, 4 terms each
-    assert objective(images, targets)[1] == {}  # burn-in: supervised only
+    for cfg, terms in [(TrainConfig(teacher_proposals=32), 8),  # the defaults: scale link and hard labels
+                       (TrainConfig(teacher_proposals=32, distill=True), 12)]:  # + distillation, 4 terms each
+        objective = SEDObjective(student, cfg)
+        weak, strong, small = make_views(student, images, cfg, min_size=64)
+        sup, unsup = objective(images, targets, strong, small, predict_soft(teacher, weak, cfg))
+        assert set(sup) == {"loss_objectness", "loss_rpn_box_reg", "loss_classifier", "loss_box_reg"}
+        assert len(unsup) == terms and not any("_distill_" in k for k in unsup) == (not cfg.distill), sorted(unsup)
+        assert objective(images, targets)[1] == {}  # burn-in: supervised only
 
 
 def test_objective_under_ddp_synchronises_a_full_sed_step(tiny, tmp_path):
@@ -448,7 +452,7 @@ def test_objective_under_ddp_synchronises_a_full_sed_step(tiny, tmp_path):
     from sed.teacher import ema_update
 
     student, teacher, images = tiny
-    cfg = TrainConfig(teacher_proposals=16)
+    cfg = TrainConfig(teacher_proposals=16, distill=True)
     dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
     try:
         objective = DDP(SEDObjective(student, cfg))

@@ -63,7 +63,8 @@ def shifted_soft(student, batch, small, proposals):
 
 def test_scale_loss_compares_small_p2_p5_with_original_p3_p6_and_boxes_halved(model, batches):
     batch, small_batch = batches
-    cfg = TrainConfig(teacher_proposals=16, reweight=False, scale_target="teacher", distill_reg_weight=1.0)
+    cfg = TrainConfig(teacher_proposals=16, reweight=False, scale_target="teacher", distill_reg_weight=1.0,
+                      distill=True)
     soft = predict_soft(make_teacher(model), batch, cfg)
     targets = dataclasses.replace(soft, **shifted_soft(model, batch, small_batch, soft.proposals))
     model.zero_grad()
@@ -160,7 +161,7 @@ def test_without_scale_roi_only_the_rpn_part_remains(model, batches, monkeypatch
     """--no-scale-roi: the same RPN scale terms, no RoI-head scale terms, and the RoI head runs on the
     full-size view only (not on the 0.5x one)."""
     batch, small_batch = batches
-    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0, hard_pseudo_labels=False)
+    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0, distill=True, hard_pseudo_labels=False)
     soft = predict_soft(make_teacher(model), batch, cfg)
     calls, predict = [], model.roi_heads.predict
     monkeypatch.setattr(model.roi_heads, "predict",

@@ -61,7 +61,7 @@ def test_predict_soft_shapes_and_values():
     torch.manual_seed(0)
     model = sed.build_model(num_classes=3, backbone="resnet18", backbone_weights=None, min_size=64, max_size=128)
     teacher = make_teacher(model)
-    cfg = TrainConfig(teacher_proposals=20, distill_temperature=2.0, hard_pseudo_labels=True)
+    cfg = TrainConfig(teacher_proposals=20, distill_temperature=2.0, distill=True, hard_pseudo_labels=True)
     weak, _, _ = make_views(model, [torch.rand(3, 70, 100), torch.rand(3, 90, 64)], cfg, min_size=64)
     soft = predict_soft(teacher, weak, cfg)
     B, R = 2, sum(soft.level_sizes)
@@ -85,7 +85,8 @@ def test_predict_soft_shapes_and_values():
     # hard-label detections equal teacher.detect on the weak batch
     for mine, ref in zip(soft.detections, teacher.detect(weak)):
         assert torch.equal(mine["boxes"], ref["boxes"]) and torch.equal(mine["labels"], ref["labels"])
-    assert predict_soft(teacher, weak, TrainConfig(hard_pseudo_labels=False)).detections is None  # not needed: not computed
+    figure_1 = TrainConfig(distill=True, hard_pseudo_labels=False)
+    assert predict_soft(teacher, weak, figure_1).detections is None  # not needed: not computed
     calls = []
     predict = teacher.roi_heads.predict
     teacher.roi_heads.predict = lambda feats, boxes: calls.append(sum(map(len, boxes))) or predict(feats, boxes)

@@ -119,13 +119,15 @@ SED_FLAGS = ["--method", "sed", "--labeled-percent", "50", "--burn-in-iters", "1
              "--teacher-proposals", "32", "--ema-momentum", "0.9", "--grad-clip", "10"]
 
 
-def test_sed_resume_is_exact_with_the_teacher(data, tmp_path):
-    """SED: 3 iterations in one go == 2, then --resume to 3: student, teacher and momentum bit for bit
-    (the unlabeled stream and the strong-view RNG continue exactly)."""
-    train.main(argv(data, tmp_path / "full", 3, *SED_FLAGS, "--diagnostics-images", "0"))
-    train.main(argv(data, tmp_path / "split", 2, *SED_FLAGS, "--diagnostics-images", "0"))
-    train.main(argv(data, tmp_path / "split", 3, *SED_FLAGS, "--diagnostics-images", "0",
-                    "--resume", str(tmp_path / "split" / "last.pt")))
+def test_sed_resume_is_exact_with_the_teacher(data, tmp_path, capsys):
+    """SED with every term: 3 iterations in one go == 2, then --resume to 3: student, teacher and momentum
+    bit for bit (the unlabeled stream and the strong-view RNG continue exactly)."""
+    flags = [*SED_FLAGS, "--distill", "--diagnostics-images", "0"]
+    train.main(argv(data, tmp_path / "full", 3, *flags))
+    train.main(argv(data, tmp_path / "split", 2, *flags))
+    capsys.readouterr()
+    train.main(argv(data, tmp_path / "split", 3, *flags, "--resume", str(tmp_path / "split" / "last.pt")))
+    assert "warning" not in capsys.readouterr().err  # the same SED settings as the checkpoint's
     full, split = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "split"))
     for key in ("model", "teacher"):
         for name, tensor in full[key].items():
@@ -137,16 +139,16 @@ def test_sed_resume_is_exact_with_the_teacher(data, tmp_path):
 
 
 @pytest.mark.parametrize("switches", [["--no-distill", "--no-scale-consistency", "--no-reweight"],
-                                      ["--no-scale-consistency", "--hard-pseudo-labels"]])
+                                      ["--distill", "--no-scale-consistency", "--hard-pseudo-labels"]])
 def test_sed_ablations_run_and_evaluate_teacher_and_student(data, tmp_path, switches):
     train.main(argv(data, tmp_path, 2, *SED_FLAGS, *switches, "--diagnostics-images", "4",
                     "--val-ann", str(data["val_ann"]), "--val-images", str(data["val_images"])))
     config = json.loads((tmp_path / "config.json").read_text())
-    assert config["distill"] == ("--no-distill" not in switches)
+    assert config["distill"] == ("--distill" in switches)
     assert config["scale_consistency"] is False
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert "loss_hard_classifier" in log[1] and all(math.isfinite(v) for v in log[1].values())
-    assert ("loss_roi_distill_cls" in log[1]) == ("--no-distill" not in switches)
+    assert ("loss_roi_distill_cls" in log[1]) == ("--distill" in switches)
     assert not any(k.startswith("loss_scale") or k.startswith("loss_hard_scale") for k in log[1])
     assert "pl_recall@0.7" in log[-1] or "pl_num_objects" in log[-1]  # diagnostics after the evaluation
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
