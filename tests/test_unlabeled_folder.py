@@ -88,8 +88,8 @@ def _argv(data, out, *extra):
 
 @pytest.mark.parametrize("with_ann", [False, True])
 def test_sed_trains_and_evaluates_with_a_folder_of_photos(data, photos, tmp_path, capsys, with_ann):
-    """Labeled COCO JSON (all of it) + a folder of photos -> SED steps with distillation, teacher and
-    student evaluated; with --unlabeled-ann too, the diagnostics measure only the annotated images."""
+    """Labeled COCO JSON (all of it) + a folder of photos -> SED steps (the default's hard labels and scale
+    link), teacher and student evaluated; with --unlabeled-ann too, the diagnostics measure only the annotated images."""
     extra = ["--unlabeled-images", str(photos), "--diagnostics-images", "8"]
     if with_ann:  # an annotated unlabeled part (train.json again as a stand-in, images in train/)
         extra += ["--labeled-ann", str(data["train_ann"]), "--unlabeled-ann", str(data["train_ann"])]
@@ -99,8 +99,8 @@ def test_sed_trains_and_evaluates_with_a_folder_of_photos(data, photos, tmp_path
     _train().main(argv)
     out = capsys.readouterr().out
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert "loss_roi_distill_cls" in log[1] and all(torch.isfinite(torch.tensor(v)) for k, v in log[1].items()
-                                                    if k.startswith("loss"))
+    assert {"loss_hard_classifier", "loss_scale_roi_cls"} <= log[1].keys()
+    assert all(torch.isfinite(torch.tensor(v)) for k, v in log[1].items() if k.startswith("loss"))
     if with_ann:
         assert ("pseudo-label diagnostics: 5 unlabeled images have no ground truth (--unlabeled-images) "
                 "and are skipped; measured on 8") in out
