@@ -451,8 +451,9 @@ SUMMARY_GAINS = (("sed_hard_no_distill", "supervised"), ("sed_hard", "supervised
 
 def summary(folders):
     """Markdown, one line per results folder (a family or a setting): the main rows' AP, the gains over
-    supervised of the default (sed_hard_no_distill since stop 26), of stops 19-25's default and of Figure 1, and the default's gain over the teacher-student per seed beside
-    the teacher-student's pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
+    supervised of the default (sed_hard_no_distill since stop 26), of stops 19-25's default (sed_hard) and
+    of Figure 1 (sed), and sed_hard's gain over the teacher-student per seed beside the teacher-student's
+    pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
     labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper names. Sorted by
     that recall; then how many paired runs of all folders gain, and the rank correlation of recall and gain."""
     lines = ["| results | " + " | ".join(SUMMARY_ROWS) + " | " + " | ".join(f"{a} - {b}" for a, b in SUMMARY_GAINS)
