@@ -89,7 +89,8 @@ def _argv(data, out, *extra):
 @pytest.mark.parametrize("with_ann", [False, True])
 def test_sed_trains_and_evaluates_with_a_folder_of_photos(data, photos, tmp_path, capsys, with_ann):
     """Labeled COCO JSON (all of it) + a folder of photos -> SED steps (the default's hard labels and
-    scale link), teacher and student evaluated; with --unlabeled-ann too, the diagnostics measure only the annotated images."""
+    scale link), teacher and student evaluated; with --unlabeled-ann too, the diagnostics measure only the
+    annotated images."""
     extra = ["--unlabeled-images", str(photos), "--diagnostics-images", "8"]
     if with_ann:  # an annotated unlabeled part (train.json again as a stand-in, images in train/)
         extra += ["--labeled-ann", str(data["train_ann"]), "--unlabeled-ann", str(data["train_ann"])]
