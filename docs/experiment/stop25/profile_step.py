@@ -4,6 +4,8 @@
 weights), one warm-up each, then one profiled step each with torch.profiler; prints, per operator, the
 self CPU seconds of both and their difference, largest difference first. From the repository root:
     PYTHONPATH=. python docs/experiment/stop25/profile_step.py --height 800 --width 1333
+Stop 25 ran it at 57b1433, when the default had the soft self-distillation; since stop 26 (no
+distillation by default) the "sed step" kind is the new default, and stop 25's is not a kind of sed.bench.
 """
 import argparse
 
