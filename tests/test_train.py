@@ -126,6 +126,10 @@ def test_sed_resume_is_exact_with_the_teacher(data, tmp_path, capsys):
     train.main(argv(data, tmp_path / "full", 3, *flags))
     train.main(argv(data, tmp_path / "split", 2, *flags))
     capsys.readouterr()
+    changed = [f for f in flags if f != "--distill"]  # today's default, not the checkpoint's setting
+    train.main(argv(data, tmp_path / "changed", 3, *changed, "--resume", str(tmp_path / "split" / "last.pt")))
+    assert "warning: --resume: this run's SED settings differ from the checkpoint's (--distill True -> False)" \
+        in capsys.readouterr().err
     train.main(argv(data, tmp_path / "split", 3, *flags, "--resume", str(tmp_path / "split" / "last.pt")))
     assert "warning" not in capsys.readouterr().err  # the same SED settings as the checkpoint's
     full, split = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "split"))
