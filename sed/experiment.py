@@ -35,6 +35,8 @@ regression too):
     sed_hard_no_distill  sed_hard without soft self-distillation (--no-distill): hard labels, scale
                       equivalence and re-weighting (docs/experiment/stop25); train.py's default since
                       stop 26 (docs/experiment/stop26)
+    sed_hard_no_distill_64_proposals  sed_hard_no_distill on 64 teacher proposals per image instead of 32
+                      (docs/experiment/stop27)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -97,6 +99,7 @@ ROWS = {"supervised": None,
         "teacher_student_0.9": [*TEACHER_STUDENT, "--pseudo-threshold", "0.9"],
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
         "sed_hard_no_distill": ["--no-distill", "--hard-pseudo-labels"],
+        "sed_hard_no_distill_64_proposals": ["--teacher-proposals", "64", "--no-distill", "--hard-pseudo-labels"],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
