@@ -175,8 +175,14 @@ def changed_sed_settings(saved, cfg):
     defaults (--distill changed at stop 26), changed since it started would otherwise change method silently."""
     if saved.get("method") != "sed" or cfg.method != "sed":
         return []
-    now = json.loads(json.dumps(dataclasses.asdict(cfg)))  # tuples as lists, as saved
+    saved, now = as_json(saved), as_json(cfg)
     return [f"{flag(k)} {saved[k]} -> {now[k]}" for k in sorted(SED_FIELDS) if k in saved and saved[k] != now[k]]
+
+
+def as_json(cfg):
+    """A TrainConfig, or a dict of its fields, as JSON values (tuples as lists): how a config saved in a
+    JSON file reads back, and the form in which a checkpoint's config (tuples kept) compares with it."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg))
 
 
 def flag(name):

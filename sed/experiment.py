@@ -59,7 +59,6 @@ all the files, so seeds can be added one at a time.
 Runs go --parallel at a time with one thread each.
 """
 import argparse
-import dataclasses
 import fcntl
 import hashlib
 import json
@@ -200,7 +199,7 @@ def run_record(run_dir, row, seed, cmd, minutes):
 
 
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
-DEFAULTS = json.loads(json.dumps(dataclasses.asdict(sed.config.TrainConfig())))  # as settings() reads them
+DEFAULTS = sed.config.as_json(sed.config.TrainConfig())  # as settings() reads them
 SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
                       "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
                       "distill_reg_threshold"}
@@ -242,8 +241,7 @@ def settings(cmd):
     schedule, SED flags...). Defaults count: a run from before a default it uses changed is another run;
     a default it does not use (the re-weighting's for a supervised run) does not make it one."""
     cfg = sed.config.parse_args(cmd[1:], check_files=False)
-    kept = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in RUN_FIELDS | inert_fields(cfg)}
-    return json.loads(json.dumps(kept))  # tuples as lists, as read back from a file
+    return {k: v for k, v in sed.config.as_json(cfg).items() if k not in RUN_FIELDS | inert_fields(cfg)}
 
 
 def saved_run_matches(path, cmd):
