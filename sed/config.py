@@ -130,8 +130,10 @@ class TrainConfig:
     distill_reg_threshold: float = _help("distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("design choice: the teacher's top proposals per image (by objectness, after "
-                                   "NMS) used as RoIs for distillation and the scale link; fewer cost AP in the "
-                                   "experiment (docs/experiment/proposals/README.md, stop 21)", 512)
+                                   "NMS) used as RoIs for distillation and the scale link; 256 = the experiment's 32 "
+                                   "per 128 px image at this scale, which every run of the default used: 512 did not "
+                                   "pay without the soft distillation (docs/experiment/stop27), fewer cost AP with it "
+                                   "(docs/experiment/proposals, stop 21)", 256)
     strong_color_jitter: float = _help("strength of the strong view's colour jitter", 0.4)
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
     strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)
