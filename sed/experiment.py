@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIGURE_1 = ["--distill", "--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
 HARD = ["--distill", "--hard-pseudo-labels"]  # the same plus the hard labels (train.py's default, stops 19-25)
 TEACHER_STUDENT = ["--no-distill", "--no-scale-consistency", "--no-reweight"]  # hard labels only
+NO_DISTILL = ["--no-distill", "--hard-pseudo-labels"]  # hard labels + scale link + re-weighting (default since stop 26)
 ROWS = {"supervised": None,
         "teacher_student": TEACHER_STUDENT,
         "+distill": ["--no-scale-consistency", "--no-reweight", *FIGURE_1],
@@ -97,8 +98,8 @@ ROWS = {"supervised": None,
         "sed_hard_64_proposals": ["--teacher-proposals", "64", *HARD],
         "teacher_student_0.9": [*TEACHER_STUDENT, "--pseudo-threshold", "0.9"],
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
-        "sed_hard_no_distill": ["--no-distill", "--hard-pseudo-labels"],
-        "sed_hard_no_distill_64_proposals": ["--teacher-proposals", "64", "--no-distill", "--hard-pseudo-labels"],
+        "sed_hard_no_distill": NO_DISTILL,
+        "sed_hard_no_distill_64_proposals": ["--teacher-proposals", "64", *NO_DISTILL],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
