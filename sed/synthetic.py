@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Nine families (`--family`, `FAMILIES`):
+Ten families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -24,6 +24,9 @@ Nine families (`--family`, `FAMILIES`):
 - badges: generated at stop 26, before any run on it, an eighth family for the seeded check of a
   candidate default: quarter-discs, lightning bolts and dumbbells (1-6 per image, 5 px to 0.55 of the
   image side) on a grid of thin lines with clutter;
+- icons: generated at stop 28, before any run on it, a ninth family for checking the default on data no
+  setting has seen: saltires, teardrops and staircases (1-5 per image, 6 px to 0.5 of the image side) on
+  concentric ripples with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -57,7 +60,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
-    #                          | "grid"
+    #                          | "grid" | "ripples"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -82,6 +85,9 @@ FAMILIES = {
                     True),
     # an eighth family, generated at stop 26 before any run on it: other classes, a grid of thin lines
     "badges": Family(((25, "sector", 0.4), (26, "bolt", 0.35), (27, "dumbbell", 0.25)), 5, 0.55, 6, "grid", True),
+    # a ninth family, generated at stop 28 before any run on it: other classes, concentric ripples
+    "icons": Family(((28, "saltire", 0.4), (29, "teardrop", 0.35), (30, "staircase", 0.25)), 6, 0.5, 5, "ripples",
+                    True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -157,6 +163,15 @@ def _draw_shape(name, w, h):
         d.ellipse([0, 0, 0.4 * r, b], fill=255)
         d.ellipse([0.6 * r, 0, r, b], fill=255)
         d.rectangle([0.2 * r, b / 3, 0.8 * r, 2 * b / 3], fill=255)
+    elif name == "saltire":     # an X: two diagonal bars, each a quarter of the box wide along its sides
+        d.polygon([(0, 0), (r / 4, 0), (r, 3 * b / 4), (r, b), (3 * r / 4, b), (0, b / 4)], fill=255)
+        d.polygon([(r, 0), (r, b / 4), (r / 4, b), (0, b), (0, 3 * b / 4), (3 * r / 4, 0)], fill=255)
+    elif name == "teardrop":    # a disc in the lower 0.6 of the box under a triangle rising to a top point
+        d.ellipse([0, 0.4 * b, r, b], fill=255)
+        d.polygon([(r / 2, 0), (r, 0.7 * b), (0, 0.7 * b)], fill=255)
+    elif name == "staircase":   # three steps rising to the right, each a third of the box wide and high
+        d.polygon([(0, b), (0, 2 * b / 3), (r / 3, 2 * b / 3), (r / 3, b / 3), (2 * r / 3, b / 3), (2 * r / 3, 0),
+                   (r, 0), (r, b)], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -239,6 +254,17 @@ def _grid_background(rng, w, h):
     return _blend(c0, c1, on_line.astype(float))   # t [h, w] in {0, 1}
 
 
+def _ripples_background(rng, w, h):
+    """Concentric sinusoidal rings between two muted colours around a random centre (inside or near the
+    image), random period (8-28 px) -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    cx, cy = rng.uniform(-0.25, 1.25) * w, rng.uniform(-0.25, 1.25) * h
+    period = rng.uniform(8, 28)
+    ys, xs = np.mgrid[0:h, 0:w]
+    t = 0.5 + 0.5 * np.sin(2 * np.pi * np.hypot(xs - cx, ys - cy) / period)   # [h, w] in [0, 1]
+    return _blend(c0, c1, t)
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -271,7 +297,7 @@ def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
                    "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
-                   "grid": _grid_background}
+                   "grid": _grid_background, "ripples": _ripples_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -358,7 +384,7 @@ def main(argv=None):
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
-                        "plaid; badges: 3 others on a grid of lines (all four with clutter); easy: 3 large "
+                        "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples (all five with clutter); easy: 3 large "
                         "shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)

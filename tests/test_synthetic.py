@@ -75,7 +75,8 @@ def test_polygons_family_classes(tmp_path):
 
 
 @pytest.mark.parametrize("family, ids, background", [("glyphs", [11, 13, 14, 15], synthetic._stripes_background),
-                                                    ("signs", [22, 23, 24], synthetic._plaid_background)])
+                                                    ("signs", [22, 23, 24], synthetic._plaid_background),
+                                                    ("icons", [28, 29, 30], synthetic._ripples_background)])
 def test_blended_families_classes_and_background(tmp_path, family, ids, background):
     paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family=family)
     coco = COCO(str(paths["train_ann"]))
