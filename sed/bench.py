@@ -13,7 +13,8 @@
    on, their box-head loss on the student's own proposals, no soft self-distillation), with
    `--hard-label-rois teacher` (on the teacher's proposals, the box-head pass of the scale targets) and
    for SED as Figure 1 draws it (`--distill --no-hard-pseudo-labels`).
-Times are medians, measured alternately in one process so both sides see the same machine load.
+Times are medians over rounds, measured in one process with the order reversed every other round so
+both sides see the same machine load; each ratio is the median of the rounds' ratios (with their range).
 Peak memory: CUDA, the allocator's peak during one step; CPU, the growth of the resident size
 during one step in a fresh process that holds only that step's model(s).
 """
@@ -125,15 +126,27 @@ def timed(fn, device):
 
 
 def compare_speed(steps, repeats, device):
-    """steps: {name: callable} -> median seconds of each, alternating, after one warm-up each."""
+    """steps: {name: callable} -> {name: [seconds of each of `repeats` rounds]}, after a warm-up round.
+
+    Every round runs each step once, in reversed order every other round (A B, B A, ...): this CPU's
+    speed drifts by up to 1.5x within minutes, and a fixed order favours the step that runs while the
+    machine speeds up (stop 27, docs/experiment/stop27/proposals_step.py). The steps of a round share
+    the machine's state, so `round_ratios` compares within rounds.
+    """
     times = {name: [] for name in steps}
     for i in range(repeats + 1):
-        for name, step in steps.items():
+        for name, step in list(steps.items())[::-1 if i % 2 else 1]:
             torch.manual_seed(i)  # the same anchor/RoI sampling draws for every side
             seconds = timed(step, device)
             if i > 0:
                 times[name].append(seconds)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def round_ratios(times_a, times_b):
+    """Per-round ratios a / b of two steps' times [R] -> (median, min, max)."""
+    ratios = [a / b for a, b in zip(times_a, times_b)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def read_status_kib(field):
@@ -175,12 +188,14 @@ def compare(kind, sides, args, state, state_file, device, images):
     """Prints time (and images per second: `images` per step) and peak memory of `kind` for two sides
     [(label, which, step_kind)] and their ratio."""
     steps = {label: make_step(step_kind, which, args, state, device) for label, which, step_kind in sides}
-    t = compare_speed(steps, args.repeats, device)
+    rounds = compare_speed(steps, args.repeats, device)
     mem = {label: peak_memory(step_kind, which, args, state_file, steps[label], device)
            for label, which, step_kind in sides}
     (a, *_), (b, *_) = sides
-    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {t[a] / t[b]:.3f}   "
-          f"images/s {a} {images / t[a]:.1f} {b} {images / t[b]:.1f}")
+    t = {label: statistics.median(seconds) for label, seconds in rounds.items()}
+    ratio, low, high = round_ratios(rounds[a], rounds[b])
+    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {ratio:.3f} "
+          f"(rounds {low:.3f}-{high:.3f})   images/s {a} {images / t[a]:.1f} {b} {images / t[b]:.1f}")
     print(f"{kind:22s} memory {a} {mem[a] / 2**20:9.1f} MiB  {b} {mem[b] / 2**20:9.1f} MiB  "
           f"ratio {mem[a] / max(mem[b], 1):.3f}", flush=True)
 
@@ -194,7 +209,8 @@ def main(argv=None):
     parser.add_argument("--min-size", type=int, default=448)
     parser.add_argument("--max-size", type=int, default=640)
     parser.add_argument("--num-classes", type=int, default=80)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=4,
+                        help="timed rounds after a warm-up; even, so that each step runs first in half of them")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="autocast precision of every step, as train.py --dtype")

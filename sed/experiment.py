@@ -449,41 +449,56 @@ def spearman(xs, ys):
 
 SUMMARY_ROWS = ("supervised", "teacher_student", "sed", "sed_hard", "sed_hard_no_distill")
 SUMMARY_GAINS = (("sed_hard_no_distill", "supervised"), ("sed_hard", "supervised"), ("sed", "supervised"))
+OVER_TEACHER_STUDENT = ("sed_hard_no_distill", "sed_hard")  # today's default, stops 19-25's
+
+
+def teacher_student_recall(table):
+    """The teacher-student's pl_recall@0.7 at the end, mean over the seeds it shares with a row of
+    OVER_TEACHER_STUDENT (the seeds whose gains the summary lists); None without such a seed."""
+    seeds = set().union(*(table.get(r, {}) for r in OVER_TEACHER_STUDENT)) & set(table.get("teacher_student", {}))
+    if not seeds:
+        return None
+    return statistics.mean(table["teacher_student"][s]["diagnostics"]["pl_recall@0.7"] for s in seeds)
 
 
 def summary(folders):
     """Markdown, one line per results folder (a family or a setting): the main rows' AP, the gains over
     supervised of the default (sed_hard_no_distill since stop 26), of stops 19-25's default (sed_hard) and
-    of Figure 1 (sed), and sed_hard's gain over the teacher-student per seed beside the teacher-student's
-    pl_recall@0.7 at the end (mean over those seeds): the share of objects its hard
-    labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper names. Sorted by
-    that recall; then how many paired runs of all folders gain, and the rank correlation of recall and gain."""
+    of Figure 1 (sed), the teacher-student's pl_recall@0.7 at the end (`teacher_student_recall`: the share
+    of objects its hard labels cover; 1 - it are their False Negatives, the problem SED_NOTES says the paper
+    names) and each OVER_TEACHER_STUDENT row's gain over the teacher-student per seed. Sorted by that recall
+    (folders without it last); then how many paired runs of all folders gain, and per row the rank
+    correlation of recall and gain over the teacher-student. A folder needs only some of the rows ("-")."""
+    over_ts = [(r, "teacher_student") for r in OVER_TEACHER_STUDENT]
     lines = ["| results | " + " | ".join(SUMMARY_ROWS) + " | " + " | ".join(f"{a} - {b}" for a, b in SUMMARY_GAINS)
-             + " | teacher_student pl_recall@0.7 | sed_hard - teacher_student |",
-             "|---" * (len(SUMMARY_ROWS) + len(SUMMARY_GAINS) + 3) + "|"]
-    points, paired = [], {pair: [] for pair in SUMMARY_GAINS}   # (row, reference) -> every paired gain
+             + " | teacher_student pl_recall@0.7 | " + " | ".join(f"{a} - {b}" for a, b in over_ts) + " |",
+             "|---" * (len(SUMMARY_ROWS) + len(SUMMARY_GAINS) + len(over_ts) + 2) + "|"]
+    points, paired = [], {pair: [] for pair in SUMMARY_GAINS + tuple(over_ts)}   # (row, reference) -> gains
     for folder in folders:
         table = load_results(Path(folder))
-        seeds = sorted(set(table.get("sed_hard", {})) & set(table.get("teacher_student", {})))
-        if not seeds:
-            raise SystemExit(f"error: {folder}: no seed with both sed_hard and teacher_student")
-        recall = statistics.mean(table["teacher_student"][s]["diagnostics"]["pl_recall@0.7"] for s in seeds)
-        text, values = gain(table, "sed_hard", "teacher_student")
+        if not table:
+            raise SystemExit(f"error: {folder}: no saved runs (*_seed*.json)")
+        recall = teacher_student_recall(table)
         aps = [mean_std([run["metrics"]["AP"] for run in table[r].values()]) if r in table else "-"
                for r in SUMMARY_ROWS]
-        gains = [gain(table, a, b)[0] for a, b in SUMMARY_GAINS]
-        for a, b in SUMMARY_GAINS:
-            paired[a, b] += gain(table, a, b)[1]
-        line = (f"| {folder} | " + " | ".join(aps + gains) + f" | {recall:.3f} | "
-                + ", ".join(f"{v:+.1f}" for v in values) + f" ({text}) |")
-        points.append((recall, statistics.mean(values), line))
-    lines += [line for *_, line in sorted(points)] + [""]
+        for pair in paired:
+            paired[pair] += gain(table, *pair)[1]
+        over = [gain(table, *pair) for pair in over_ts]   # [(text, per-seed values)]
+        line = (f"| {folder} | " + " | ".join(aps + [gain(table, a, b)[0] for a, b in SUMMARY_GAINS])
+                + f" | {'-' if recall is None else f'{recall:.3f}'} | "
+                + " | ".join(", ".join(f"{v:+.1f}" for v in values) + f" ({text})" if values else "-"
+                             for text, values in over) + " |")
+        points.append((recall, [statistics.mean(values) if values else None for _, values in over], line))
+    points.sort(key=lambda p: (p[0] is None, p[0] or 0.0))
+    lines += [line for *_, line in points] + [""]
     lines += [f"{a} >= {b} on {sum(v >= 0 for v in values)} of {len(values)} paired runs"
               for (a, b), values in paired.items() if values]
-    if len(points) > 2:
-        rho = spearman([p[0] for p in points], [p[1] for p in points])
-        lines += [f"Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
-                  f"over it, {len(points)} folders: {rho:+.2f}"]
+    for i, row in enumerate(OVER_TEACHER_STUDENT):
+        known = [(recall, means[i]) for recall, means, _ in points if recall is not None and means[i] is not None]
+        if len(known) > 2:
+            rho = spearman(*zip(*known))
+            lines += [f"Spearman rank correlation of the teacher-student's recall and the mean gain of {row} "
+                      f"over it, {len(known)} folders: {rho:+.2f}"]
     return "\n".join(lines) + "\n"
 
 

@@ -14,3 +14,16 @@ def test_parts_runs_only_the_named_comparisons(monkeypatch):
         ("SED fig.1 1+4 vs sup 5", ["sed step, figure 1", "supervised, same images"])]
     assert [kind for kind, _ in run_parts(monkeypatch, ["detector", "sed"])] == [
         "train step (batch 2)", "inference (batch 2)", "SED 1+4 vs sup 5"]
+
+
+def test_compare_speed_reverses_the_order_every_other_round_and_drops_the_warm_up(monkeypatch):
+    calls, clock = [], iter([9.0, 9.0, 2.0, 1.0, 4.0, 3.0, 6.0, 5.0, 8.0, 7.0])  # warm-up a, b; then round by round
+    monkeypatch.setattr(bench, "timed", lambda step, device: (step(), next(clock))[1])
+    steps = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    times = bench.compare_speed(steps, repeats=4, device=None)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
+    assert times == {"a": [1.0, 4.0, 5.0, 8.0], "b": [2.0, 3.0, 6.0, 7.0]}  # round 1 ran b first: b 2.0, a 1.0
+
+
+def test_round_ratios_compare_within_rounds():
+    assert bench.round_ratios([2.0, 3.0, 8.0], [1.0, 2.0, 4.0]) == (2.0, 1.5, 2.0)

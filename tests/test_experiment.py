@@ -76,7 +76,7 @@ def test_spearman_by_hand():
 
 def test_summary_sorts_by_the_teacher_student_s_recall(tmp_path):
     """One line per folder: each row's mean AP, paired gains; the teacher-student's mean recall over the
-    seeds it shares with sed_hard."""
+    seeds it shares with sed_hard or the default; a folder without the teacher-student comes last."""
     setups = {"low": [(0.2, 10.0, 13.0), (0.4, 20.0, 21.0)], "high": [(0.8, 30.0, 29.0)],
               "mid": [(0.5, 5.0, 5.5), (0.7, 6.0, 6.5)]}   # seed: (recall, teacher_student AP, sed_hard AP)
     for name, seeds in setups.items():
@@ -88,18 +88,30 @@ def test_summary_sorts_by_the_teacher_student_s_recall(tmp_path):
     write_run(tmp_path / "mid", "teacher_student", 2, 1.0, recall=0.0)   # no sed_hard: not in the recall
     write_run(tmp_path / "high", "sed", 0, 31.0)
     write_run(tmp_path / "high", "sed_hard_no_distill", 0, 27.0)
-    lines = summary([str(tmp_path / n) for n in setups]).splitlines()
-    assert lines[1] == "|---" * 11 + "|"  # the folder, one column per row and per gain, recall, gain over ts
-    assert lines[2:5] == [
-        f"| {tmp_path / 'low'} | 13.0 ± 7.1 | 15.0 ± 7.1 | - | 17.0 ± 5.7 | - | - | 4.0 ± 1.4 | - | 0.300 | "
+    (tmp_path / "nots").mkdir()
+    write_run(tmp_path / "nots", "supervised", 0, 10.0)
+    write_run(tmp_path / "nots", "sed_hard_no_distill", 0, 12.5)
+    lines = summary([str(tmp_path / n) for n in ["nots", *setups]]).splitlines()
+    assert lines[1] == "|---" * 12 + "|"  # the folder, a column per row and per gain, recall, 2 gains over ts
+    assert lines[2:6] == [
+        f"| {tmp_path / 'low'} | 13.0 ± 7.1 | 15.0 ± 7.1 | - | 17.0 ± 5.7 | - | - | 4.0 ± 1.4 | - | 0.300 | - | "
         "+3.0, +1.0 (2.0 ± 1.4) |",
-        f"| {tmp_path / 'mid'} | 3.5 ± 0.7 | 4.0 ± 2.6 | - | 6.0 ± 0.7 | - | - | 2.5 ± 0.0 | - | 0.600 | "
+        f"| {tmp_path / 'mid'} | 3.5 ± 0.7 | 4.0 ± 2.6 | - | 6.0 ± 0.7 | - | - | 2.5 ± 0.0 | - | 0.600 | - | "
         "+0.5, +0.5 (0.5 ± 0.0) |",
-        f"| {tmp_path / 'high'} | 28.0 | 30.0 | 31.0 | 29.0 | 27.0 | -1.0 | 1.0 | 3.0 | 0.800 | -1.0 (-1.0) |"]
-    assert lines[-4:] == ["sed_hard_no_distill >= supervised on 0 of 1 paired runs",
+        f"| {tmp_path / 'high'} | 28.0 | 30.0 | 31.0 | 29.0 | 27.0 | -1.0 | 1.0 | 3.0 | 0.800 | -3.0 (-3.0) | "
+        "-1.0 (-1.0) |",
+        f"| {tmp_path / 'nots'} | 10.0 | - | - | - | 12.5 | 2.5 | - | - | - | - | - |"]
+    assert lines[-6:] == ["sed_hard_no_distill >= supervised on 1 of 2 paired runs",
                           "sed_hard >= supervised on 5 of 5 paired runs", "sed >= supervised on 1 of 1 paired runs",
+                          "sed_hard_no_distill >= teacher_student on 0 of 1 paired runs",
+                          "sed_hard >= teacher_student on 4 of 5 paired runs",
                           "Spearman rank correlation of the teacher-student's recall and the mean gain of sed_hard "
                           "over it, 3 folders: -1.00"]
+
+
+def test_summary_names_a_folder_without_runs(tmp_path):
+    with pytest.raises(SystemExit, match="no saved runs"):
+        summary([str(tmp_path)])
 
 
 def test_the_rows_on_hard_labels_compare_with_the_row_above_in_their_own_chain(tmp_path):
