@@ -12,6 +12,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
+from sed.checkpoint import read_tensors
+
 RESNETS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
     "resnet34": (torchvision.models.resnet34, torchvision.models.ResNet34_Weights.IMAGENET1K_V1),
@@ -55,7 +57,7 @@ def resnet(name, weights=None, norm="frozen_bn"):
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"backbone weights {weights}: no such file")
     model = builder(weights=None, norm_layer=layer)
-    state = torch.load(weights, map_location="cpu", weights_only=True)
+    state = read_tensors(weights)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

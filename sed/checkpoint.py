@@ -11,6 +11,7 @@ someone else cannot run code when loaded). Written atomically through the fixed 
 import os
 import pickle
 import random
+import zipfile
 
 import numpy as np
 import torch
@@ -55,22 +56,32 @@ def save_checkpoint(path, state: dict):
         raise
 
 
-def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS) -> dict:
-    """The checkpoint dict at `path`, read with weights_only=True; anything that is not a checkpoint
-    of ours with the `required` keys is a one-line UserError naming the file."""
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: checkpoint not found")
+def read_tensors(path, map_location="cpu"):
+    """torch.load(path, weights_only=True): tensors and plain types only; what torch.save did not write,
+    and pickled Python objects, are one-line UserErrors naming the file (a checkpoint of train.py, or
+    --backbone-weights)."""
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; other bytes would reach the
+        # unpickler, whose errors (a KeyError for some text files) name nothing
+        raise UserError(f"{path}: not a checkpoint (not a file written by torch.save, or a truncated one)")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" not in str(e):  # not a pickle of objects: e.g. a text file; torch's own
-            # message advises weights_only=False, which would not help
+        if "Unsupported global" not in str(e):  # not a pickle of objects; torch's own message advises
+            # weights_only=False, which would not help
             raise UserError(f"{path}: not a checkpoint (not a file written by torch.save)") from None
         raise UserError(f"{path}: refused: it holds pickled Python objects, which could run code when "
                         "loaded (only tensors and plain types are read; a checkpoint of sed before "
                         "weights_only, with numpy RNG states, is refused too)") from None
-    except (RuntimeError, EOFError, OSError) as e:  # a truncated or corrupt zip archive
+    except (RuntimeError, EOFError, OSError) as e:  # a corrupt zip archive
         raise UserError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
+
+
+def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS) -> dict:
+    """The checkpoint dict at `path` (`read_tensors`); anything that is not a checkpoint of ours with the
+    `required` keys is a one-line UserError naming the file."""
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: checkpoint not found")
+    ckpt = read_tensors(path, map_location)
     missing = [k for k in required if not (isinstance(ckpt, dict) and k in ckpt)]
     if missing:
         raise UserError(f"{path}: not a checkpoint of train.py (no {', '.join(map(repr, missing))}; "

@@ -41,10 +41,14 @@ def test_failing_save_keeps_previous_file(tmp_path, monkeypatch):
 def test_missing_and_corrupt_files(tmp_path):
     with pytest.raises(UserError, match="nope.pt: checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
-    bad = tmp_path / "bad.pt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match=r"bad.pt: not a checkpoint \(not a file written by torch.save\)$"):
-        load_checkpoint(bad)  # not torch's advice to load with weights_only=False
+    torch.save({"model": {"w": torch.zeros(100)}}, tmp_path / "ok.pt")
+    truncated = (tmp_path / "ok.pt").read_bytes()[:-100]
+    for content in (b"not a checkpoint", b"hi\n", truncated):  # b"hi\n" made torch's unpickler raise KeyError
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=r"bad.pt: not a checkpoint \(not a file written by torch.save, or a "
+                           r"truncated one\)$"):
+            load_checkpoint(bad)  # not torch's advice to load with weights_only=False
 
 
 def test_rng_state_restores_all_streams():

@@ -213,6 +213,9 @@ def test_backbone_weights_from_file(tmp_path):
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not a resnet18 state dict"):
         BackboneFPN("resnet18", weights=str(tmp_path / "bad.pth"))
+    (tmp_path / "notes.txt").write_text("hi\n")  # made torch's unpickler raise KeyError
+    with pytest.raises(ValueError, match=r"notes.txt: not a checkpoint \(not a file written by torch.save"):
+        BackboneFPN("resnet18", weights=str(tmp_path / "notes.txt"))
 
 
 def test_overfitting_one_image_lowers_the_loss():
