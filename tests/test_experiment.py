@@ -74,6 +74,17 @@ def test_spearman_by_hand():
     assert spearman([1, 5, 5, 9], [0, 1, 3, 2]) == pytest.approx(3 / 22.5 ** 0.5)
 
 
+def test_results_name_the_default_s_gains_over_the_rows_it_is_compared_with(tmp_path):
+    for seed, (sup, ts, default) in enumerate([(10.0, 12.0, 15.0), (20.0, 21.0, 20.5)]):
+        write_run(tmp_path, "supervised", seed, sup)
+        write_run(tmp_path, "teacher_student", seed, ts)
+        write_run(tmp_path, "sed_hard_no_distill", seed, default)
+    lines = render_markdown(load_results(tmp_path), "icons").splitlines()
+    assert [line for line in lines if line.startswith("sed_hard_no_distill (the default)")] == [
+        "sed_hard_no_distill (the default) - supervised, AP: 2.8 ± 3.2",   # +5.0, +0.5
+        "sed_hard_no_distill (the default) - teacher_student, AP: 1.2 ± 2.5"]   # +3.0, -0.5
+
+
 def test_summary_sorts_by_the_teacher_student_s_recall(tmp_path):
     """One line per folder: each row's mean AP, paired gains; the teacher-student's mean recall over the
     seeds it shares with sed_hard or the default; a folder without the teacher-student comes last."""
