@@ -384,8 +384,8 @@ def main(argv=None):
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
-                        "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples (all five with clutter); easy: 3 large "
-                        "shapes, no clutter (the demo)")
+                        "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples (all five with "
+                        "clutter); easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),
