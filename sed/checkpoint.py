@@ -56,12 +56,21 @@ def save_checkpoint(path, state: dict):
         raise
 
 
+def written_by_torch_save(path):
+    """torch.save's zip archive, or its legacy format (torch < 1.6, still read by torch.load: a pickle of
+    protocol >= 2, whose first byte is the PROTO opcode 0x80)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as f:
+        return f.read(1) == b"\x80"
+
+
 def read_tensors(path, map_location="cpu"):
     """torch.load(path, weights_only=True): tensors and plain types only; what torch.save did not write,
     and pickled Python objects, are one-line UserErrors naming the file (a checkpoint of train.py, or
     --backbone-weights)."""
-    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; other bytes would reach the
-        # unpickler, whose errors (a KeyError for some text files) name nothing
+    if not written_by_torch_save(path):  # other bytes would reach the unpickler, whose errors (a KeyError
+        # for some text files) name nothing
         raise UserError(f"{path}: not a checkpoint (not a file written by torch.save, or a truncated one)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)

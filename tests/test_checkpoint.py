@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sed import checkpoint
-from sed.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sed.checkpoint import load_checkpoint, read_tensors, rng_state, save_checkpoint, set_rng_state
 from sed.errors import UserError
 
 
@@ -49,6 +49,13 @@ def test_missing_and_corrupt_files(tmp_path):
         with pytest.raises(ValueError, match=r"bad.pt: not a checkpoint \(not a file written by torch.save, or a "
                            r"truncated one\)$"):
             load_checkpoint(bad)  # not torch's advice to load with weights_only=False
+
+
+def test_the_legacy_torch_save_format_is_read(tmp_path):
+    """torch < 1.6 wrote a plain pickle, not a zip archive (e.g. older ResNet weights for --backbone-weights)."""
+    state = {"conv.weight": torch.arange(6.0)}
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    assert torch.equal(read_tensors(tmp_path / "legacy.pth")["conv.weight"], state["conv.weight"])
 
 
 def test_rng_state_restores_all_streams():
