@@ -34,23 +34,16 @@ def main():
         bench.SED_STEPS[f"sed {n}"] = {"teacher_proposals": n}
     steps = {"supervised": bench.make_sed_or_supervised_step("supervised, same images", args, state, device)}
     steps |= {f"sed {n}": bench.make_sed_or_supervised_step(f"sed {n}", args, state, device) for n in a.proposals}
-    times = {name: [] for name in steps}
-    for i in range(a.rounds + 1):  # round 0: warm-up
-        for name, step in list(steps.items())[::-1 if i % 2 else 1]:
-            torch.manual_seed(i)
-            seconds = bench.timed(step, device)
-            if i > 0:
-                times[name].append(seconds)
-        if i > 0:
-            print(f"round {i}: " + ", ".join(f"{k} {v[-1]:.1f} s" for k, v in times.items()), flush=True)
+    times = bench.compare_speed(steps, a.rounds, device)  # since stop 28 make bench's own rounds (this design)
+    for i in range(a.rounds):
+        print(f"round {i + 1}: " + ", ".join(f"{k} {v[i]:.1f} s" for k, v in times.items()))
     print(f"{a.height}x{a.width}, medians over {a.rounds} rounds:")
     first = f"sed {a.proposals[0]}"
     for name, t in times.items():
         line = f"  {name:12s} {statistics.median(t):6.1f} s"
         for ref in ("supervised", first):
-            ratios = [s / r for s, r in zip(t, times[ref])]
-            line += (f"   / {ref}, per round: median {statistics.median(ratios):.3f} "
-                     f"(min {min(ratios):.3f}, max {max(ratios):.3f})")
+            line += "   / {}, per round: median {:.3f} (min {:.3f}, max {:.3f})".format(
+                ref, *bench.round_ratios(t, times[ref]))
         print(line)
 
 
