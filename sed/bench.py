@@ -210,7 +210,8 @@ def main(argv=None):
     parser.add_argument("--max-size", type=int, default=640)
     parser.add_argument("--num-classes", type=int, default=80)
     parser.add_argument("--repeats", type=int, default=4,
-                        help="timed rounds after a warm-up; even, so that each step runs first in half of them")
+                        help="timed rounds after a warm-up; even, so that each step runs first in half of them "
+                        "(--data: the repeats of each measurement)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="autocast precision of every step, as train.py --dtype")

@@ -485,10 +485,11 @@ def summary(folders):
         recall = teacher_student_recall(table)
         aps = [mean_std([run["metrics"]["AP"] for run in table[r].values()]) if r in table else "-"
                for r in SUMMARY_ROWS]
-        for pair in paired:
-            paired[pair] += gain(table, *pair)[1]
-        over = [gain(table, *pair) for pair in over_ts]   # [(text, per-seed values)]
-        line = (f"| {folder} | " + " | ".join(aps + [gain(table, a, b)[0] for a, b in SUMMARY_GAINS])
+        gains = {pair: gain(table, *pair) for pair in paired}   # (row, reference) -> (text, per-seed values)
+        for pair, (_, values) in gains.items():
+            paired[pair] += values
+        over = [gains[pair] for pair in over_ts]
+        line = (f"| {folder} | " + " | ".join(aps + [gains[pair][0] for pair in SUMMARY_GAINS])
                 + f" | {'-' if recall is None else f'{recall:.3f}'} | "
                 + " | ".join(", ".join(f"{v:+.1f}" for v in values) + f" ({text})" if values else "-"
                              for text, values in over) + " |")
