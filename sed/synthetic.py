@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Ten families (`--family`, `FAMILIES`):
+Eleven families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -27,6 +27,9 @@ Ten families (`--family`, `FAMILIES`):
 - icons: generated at stop 28, before any run on it, a ninth family for checking the default on data no
   setting has seen: saltires, teardrops and staircases (1-5 per image, 6 px to 0.5 of the image side) on
   concentric ripples with clutter;
+- tiles: generated at stop 29, before any run on it, a tenth family for checking the default on data no
+  setting has seen: hearts, flags and ladders (1-6 per image, 5 px to 0.5 of the image side) on a brick
+  wall with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -60,7 +63,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
-    #                          | "grid" | "ripples"
+    #                          | "grid" | "ripples" | "bricks"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -88,6 +91,8 @@ FAMILIES = {
     # a ninth family, generated at stop 28 before any run on it: other classes, concentric ripples
     "icons": Family(((28, "saltire", 0.4), (29, "teardrop", 0.35), (30, "staircase", 0.25)), 6, 0.5, 5, "ripples",
                     True),
+    # a tenth family, generated at stop 29 before any run on it: other classes, a brick wall
+    "tiles": Family(((31, "heart", 0.4), (32, "flag", 0.35), (33, "ladder", 0.25)), 5, 0.5, 6, "bricks", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -172,6 +177,18 @@ def _draw_shape(name, w, h):
     elif name == "staircase":   # three steps rising to the right, each a third of the box wide and high
         d.polygon([(0, b), (0, 2 * b / 3), (r / 3, 2 * b / 3), (r / 3, b / 3), (2 * r / 3, b / 3), (2 * r / 3, 0),
                    (r, 0), (r, b)], fill=255)
+    elif name == "heart":       # two discs across the upper half over a triangle pointing down to the bottom
+        d.ellipse([0, 0, 0.55 * r, b / 2], fill=255)
+        d.ellipse([0.45 * r, 0, r, b / 2], fill=255)
+        d.polygon([(0, b / 4), (r, b / 4), (r / 2, b)], fill=255)
+    elif name == "flag":        # a pole a fifth of the box wide, full height, and a cloth over the top 0.55
+        d.rectangle([0, 0, r / 5, b], fill=255)
+        d.rectangle([0, 0, r, 0.55 * b], fill=255)
+    elif name == "ladder":      # two rails a fifth of the box wide and three rungs an eighth of the box high
+        d.rectangle([0, 0, r / 5, b], fill=255)
+        d.rectangle([4 * r / 5, 0, r, b], fill=255)
+        for y in (b / 8, b / 2, 7 * b / 8):
+            d.rectangle([0, y - b / 16, r, y + b / 16], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -265,6 +282,18 @@ def _ripples_background(rng, w, h):
     return _blend(c0, c1, t)
 
 
+def _bricks_background(rng, w, h):
+    """A brick wall: bricks of one muted colour, mortar lines (1-2 px) of another, random brick height
+    (6-16 px, twice as wide) and offset, every other row shifted by half a brick -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    height, mortar = rng.uniform(6, 16), rng.integers(1, 3)
+    ys, xs = np.mgrid[0:h, 0:w] + rng.uniform(0, 2 * height, size=(2, 1, 1))
+    row = np.floor(ys / height)                                             # [h, w] brick row index
+    x_in_brick = (xs + (row % 2) * height) % (2 * height)                   # odd rows shifted by half a brick
+    on_mortar = (ys % height < mortar) | (x_in_brick < mortar)              # [h, w]
+    return _blend(c0, c1, on_mortar.astype(float))   # t [h, w] in {0, 1}
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -297,7 +326,8 @@ def _render(rng, w, h, empty, family):
     """One image and its annotations [(category_id, [x, y, w, h], area)] in drawing order."""
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
                    "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
-                   "grid": _grid_background, "ripples": _ripples_background}
+                   "grid": _grid_background, "ripples": _ripples_background,
+                   "bricks": _bricks_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -384,8 +414,8 @@ def main(argv=None):
                    help="shapes: 5 classes on gradients with clutter; rings: 3 other classes on colour noise; "
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
-                        "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples (all five with "
-                        "clutter); easy: 3 large shapes, no clutter (the demo)")
+                        "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples; tiles: 3 others "
+                        "on bricks (all six with clutter); easy: 3 large shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),
