@@ -27,7 +27,7 @@ import torch
 import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint, load_weights
-from sed.config import from_dict, model_options
+from sed.config import check_device, check_writable_dir, check_writable_file, from_dict, model_options
 from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, is_image_file, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
@@ -101,6 +101,17 @@ def parse_args(argv=None):
         p.error(f"--score-thr must be in [0, 1] (a score), got {args.score_thr}")
     if args.max_images < 0:
         p.error(f"--max-images must be >= 0, got {args.max_images}")
+    if args.batch_size < 1 or args.workers < 0:
+        p.error(f"--batch-size must be >= 1 and --workers >= 0, got {args.batch_size} and {args.workers}")
+    try:   # before the model runs: a path that cannot be written is one line now, not after the evaluation
+        check_device(args.device)
+        for flag, path in (("--json", args.json), ("--dets", args.dets)):
+            if path:
+                check_writable_file(path, flag)
+        if args.visualize:
+            check_writable_dir(args.visualize, "--visualize")
+    except UserError as e:
+        p.error(str(e))
     return args
 
 

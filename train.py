@@ -33,7 +33,8 @@ Several nodes (run on every node; NODE_RANK = 0..N-1, MASTER = the address of no
     torchrun --nnodes N --node_rank $NODE_RANK --nproc_per_node 8 --master_addr $MASTER \
         --master_port 29500 train.py ...
 
-Continue an interrupted run exactly (weights, optimizer, scaler, RNG, data order):
+Ctrl-C, or SIGTERM to the training process, stops after the iteration in progress and saves last.pt
+first. Continue an interrupted run exactly (weights, optimizer, scaler, RNG, data order):
     python train.py <same flags> --resume runs/sup10/last.pt
 A supervised checkpoint taken at iteration B also starts SED (`--method sed --resume`): the teacher
 begins as a copy of the student, exactly as after a burn-in of B iterations (sed.experiment does this).
@@ -46,8 +47,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import signal
 import sys
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
@@ -114,12 +117,45 @@ def preserved_rng():
         set_rng_state(state)
 
 
-def all_finite(loss, dist_info):
-    """True when the loss is finite on every rank (all ranks must stop together, else DDP hangs)."""
-    finite = torch.isfinite(loss.detach()).float()
+def agreed_flags(loss, stop_requested, dist_info):
+    """(the loss is finite on every rank, some rank was asked to stop), from one all-reduce: all ranks
+    must stop together, else DDP hangs."""
+    flags = torch.stack([torch.isfinite(loss.detach()).float(),
+                         torch.tensor(-float(stop_requested), device=loss.device)])   # [2]
     if dist_info.distributed:
-        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-    return bool(finite.item())
+        dist.all_reduce(flags, op=dist.ReduceOp.MIN)   # min(finite): all finite; min(-stop) = -any(stop)
+    finite, minus_stop = flags.tolist()
+    return finite == 1, minus_stop < 0
+
+
+@contextlib.contextmanager
+def stop_requests(announce=True, ctrl_c_twice_stops=True):
+    """SIGINT (Ctrl-C) and SIGTERM (`kill PID`, `docker stop`, Kubernetes; a SIGTERM to the whole process
+    group also ends the data loader workers, and the run with them) ask the training loop to stop after
+    the iteration in progress: it saves OUT/last.pt and exits, so a stop loses no iteration
+    and --resume continues exactly. With ctrl_c_twice_stops (a plain process), a second SIGINT interrupts
+    at once (KeyboardInterrupt: one line; the last checkpoint written stays, save_checkpoint being
+    atomic). Any other repeat is ignored: torchrun forwards the signal it receives to its workers, which
+    the terminal or the scheduler has already signalled, and escalates to SIGKILL itself after its
+    --shutdown_timeout. Yields the list of the signal numbers acted on; restores the previous handlers."""
+    received = []
+
+    def handler(signum, frame):
+        if received:
+            if signum == signal.SIGINT and ctrl_c_twice_stops:
+                raise KeyboardInterrupt
+            return
+        received.append(signum)
+        if announce:
+            tqdm.write(f"{signal.Signals(signum).name}: stopping after this iteration, then saving last.pt"
+                       + (" (Ctrl-C again stops at once)" if ctrl_c_twice_stops else ""), file=sys.stderr)
+
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def parameter_checksum(model):
@@ -202,13 +238,22 @@ def train(cfg):
     if master:
         print(json.dumps(dataclasses.asdict(cfg), indent=1))
         print(describe_batch(cfg, dist_info.world_size))
+        if cfg.batch_size > len(labeled):
+            warnings.warn(f"--batch-size {cfg.batch_size} is more than the {len(labeled)} labeled images: "
+                          "images repeat within a batch")
+        if cfg.dtype == "float16" and device == "cpu":
+            warnings.warn("--dtype float16 on the CPU is emulated and many times slower than float32; "
+                          "bfloat16 is the CPU's half precision")
         print("labeled:", labeled.summary())
         if unlabeled is not None and cfg.method == "sed":
             print("unlabeled:", unlabeled.summary())
         elif cfg.unlabeled_images or cfg.unlabeled_ann:
             print("note: --method supervised trains on the labeled images only; "
                   "--unlabeled-images and --unlabeled-ann are not used")
-        os.makedirs(cfg.out, exist_ok=True)
+        try:
+            os.makedirs(cfg.out, exist_ok=True)
+        except OSError as e:   # validate() checked the path; the disk may have changed since
+            raise UserError(f"--out: cannot create {cfg.out}: {e.strerror}") from None
         remove_stale_temporaries(os.path.join(cfg.out, "last.pt"))  # what a kill during a write left
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)
@@ -327,58 +372,71 @@ def train(cfg):
     objective.train()
     bar = tqdm(total=cfg.max_iter, initial=iteration, disable=not master, dynamic_ncols=True)
     t0 = time.perf_counter()
-    for it in range(iteration, cfg.max_iter):
-        images, targets = next(batches)
-        images = [im.to(device, non_blocking=True) for im in images]
-        targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+    stop = False  # a signal asked to stop (stop_requests): save, then exit
+    with stop_requests(announce=master, ctrl_c_twice_stops=not distributed.launched()) as received:
+        for it in range(iteration, cfg.max_iter):
+            images, targets = next(batches)
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
 
-        unlabeled_images = None
-        if teacher is not None and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
-            unlabeled_images = [im.to(device, non_blocking=True) for im in next(unlabeled_batches)[0]]
-        data_time = time.perf_counter() - t0
+            unlabeled_images = None
+            if teacher is not None and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
+                unlabeled_images = [im.to(device, non_blocking=True) for im in next(unlabeled_batches)[0]]
+            data_time = time.perf_counter() - t0
 
-        lr = learning_rate(it, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        if cfg.method == "sed":
-            losses = sed_step(objective, teacher, raw_model, images, targets, unlabeled_images, it, cfg)
-        else:
-            losses = supervised_step(objective, images, targets, cfg)
-        if not all_finite(losses["total"], dist_info):
-            if not torch.isfinite(losses["total"]):
-                print(f"rank {dist_info.rank}: non-finite loss at iteration {it}: "
-                      + json.dumps({k: v.item() for k, v in losses.items()}), file=sys.stderr)
-            raise SystemExit(f"stopped: non-finite loss at iteration {it}; last good checkpoint kept")
+            lr = learning_rate(it, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            if cfg.method == "sed":
+                losses = sed_step(objective, teacher, raw_model, images, targets, unlabeled_images, it, cfg)
+            else:
+                losses = supervised_step(objective, images, targets, cfg)
+            finite, stop = agreed_flags(losses["total"], bool(received), dist_info)
+            if not finite:
+                if not torch.isfinite(losses["total"]):
+                    print(f"rank {dist_info.rank}: non-finite loss at iteration {it}: "
+                          + json.dumps({k: v.item() for k, v in losses.items()}), file=sys.stderr)
+                raise SystemExit(f"stopped: non-finite loss at iteration {it}; last good checkpoint kept")
 
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(losses["total"]).backward()
-        if cfg.grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        if teacher is not None:
-            ema_update(teacher, raw_model, ema_momentum_at(it, cfg))  # SED_NOTES "Framework"
-        step_time = time.perf_counter() - t0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses["total"]).backward()
+            if cfg.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if teacher is not None:
+                ema_update(teacher, raw_model, ema_momentum_at(it, cfg))  # SED_NOTES "Framework"
+            step_time = time.perf_counter() - t0
 
-        done = it + 1
-        if master:
-            values = {k: v.item() for k, v in losses.items()}
-            bar.update(1)
-            bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
-            if done % cfg.log_every == 0 or done == cfg.max_iter:
-                log("log.jsonl", {"iteration": done, **values, "lr": lr, "data_time": round(data_time, 4),
-                                  "step_time": round(step_time, 4)})
-        if done % cfg.checkpoint_every == 0 or done == cfg.max_iter:
-            save(done)  # before the evaluation: a failing evaluation (a bad val image) loses no training
-        if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter:
-            with preserved_rng():  # the evaluation draws no number of the training's (exact resume)
-                run_eval(done)
-        t0 = time.perf_counter()
+            done = it + 1
+            stop = stop and done < cfg.max_iter   # the last iteration ends the run as usual
+            if master:
+                values = {k: v.item() for k, v in losses.items()}
+                bar.update(1)
+                bar.set_postfix(loss=f"{values['total']:.3f}", lr=f"{lr:.2e}")
+                if done % cfg.log_every == 0 or done == cfg.max_iter:
+                    log("log.jsonl", {"iteration": done, **values, "lr": lr, "data_time": round(data_time, 4),
+                                      "step_time": round(step_time, 4)})
+            if done % cfg.checkpoint_every == 0 or done == cfg.max_iter or stop:
+                save(done)  # before the evaluation: a failing evaluation (a bad val image) loses no training
+            if stop:
+                break
+            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter:
+                with preserved_rng():  # the evaluation draws no number of the training's (exact resume)
+                    run_eval(done)
+            t0 = time.perf_counter()
     bar.close()
     if writer is not None:
         writer.close()
     distributed.cleanup()
+    if stop:
+        signum = received[0] if received else signal.SIGTERM   # a rank that only agreed to another's stop
+        if master:
+            print(f"stopped by {signal.Signals(signum).name} after iteration {done}: saved "
+                  f"{os.path.join(cfg.out, 'last.pt')}; continue with the same flags and --resume "
+                  f"{os.path.join(cfg.out, 'last.pt')}", file=sys.stderr)
+        sys.exit(128 + signum)   # the shell's convention for a process ended by a signal
 
 
 if __name__ == "__main__":

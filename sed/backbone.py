@@ -13,6 +13,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from sed.checkpoint import read_tensors
+from sed.errors import UserError
 
 RESNETS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
@@ -53,7 +54,7 @@ def resnet(name, weights=None, norm="frozen_bn"):
     if norm != "frozen_bn":
         raise ValueError(f"backbone weights {weights}: pretrained weights need --backbone-norm frozen_bn")
     if weights == "imagenet":
-        return builder(weights=imagenet, norm_layer=layer)
+        return imagenet_resnet(builder, imagenet, layer)
     if not os.path.isfile(weights):
         raise FileNotFoundError(f"backbone weights {weights}: no such file")
     model = builder(weights=None, norm_layer=layer)
@@ -64,6 +65,17 @@ def resnet(name, weights=None, norm="frozen_bn"):
         raise ValueError(f"backbone weights {weights}: not a {name} state dict "
                          f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
+
+
+def imagenet_resnet(builder, imagenet, layer):
+    """torchvision's ResNet with its ImageNet weights, downloaded into torch.hub's cache on first use; no
+    connection (a machine without internet, a proxy) is one line saying where to put the file instead."""
+    try:
+        return builder(weights=imagenet, norm_layer=layer)
+    except OSError as e:   # urllib's URLError and HTTPError, or the cache folder not writable
+        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
+        raise UserError(f"--backbone-weights imagenet: cannot get {imagenet.url} ({getattr(e, 'reason', e)}); "
+                        f"download it elsewhere and put it in {cache}, or pass it as --backbone-weights FILE") from None
 
 
 class ResNetTrunk(nn.Module):

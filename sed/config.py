@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from sed.backbone import RESNETS
 from sed.errors import ArgumentParser, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -240,6 +241,19 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.lr_steps == sorted(cfg.lr_steps), f"lr_steps must be increasing, got {cfg.lr_steps}"),
         (len(cfg.anchor_sizes) == 5, f"anchor_sizes needs one size per level P2-P6, got {cfg.anchor_sizes}"),
         (len(cfg.rpn_proposals) == 2, f"rpn_proposals is (train, eval), got {cfg.rpn_proposals}"),
+        (min(cfg.rpn_proposals) >= 1, f"rpn_proposals must be >= 1, got {cfg.rpn_proposals}"),
+        (cfg.max_size >= max(cfg.min_size), f"max_size must be >= min_size, got {cfg.max_size} and {cfg.min_size}"),
+        (min(cfg.roi_batch_size, cfg.box_head_dim, cfg.fpn_channels) >= 1,
+         "roi_batch_size, box_head_dim and fpn_channels must be >= 1"),
+        (cfg.momentum >= 0 and cfg.weight_decay >= 0 and cfg.grad_clip >= 0,
+         "momentum, weight_decay and grad_clip must be >= 0"),
+        (cfg.warmup_iters >= 0 and cfg.eval_every >= 0 and cfg.diagnostics_images >= 0,
+         "warmup_iters, eval_every and diagnostics_images must be >= 0"),
+        (cfg.checkpoint_every >= 1 and cfg.log_every >= 1 and cfg.eval_batch_size >= 1,
+         f"checkpoint_every, log_every and eval_batch_size must be >= 1, got {cfg.checkpoint_every}, "
+         f"{cfg.log_every} and {cfg.eval_batch_size}"),
+        (cfg.workers >= 0, f"workers must be >= 0 (0 = load in the main process), got {cfg.workers}"),
+        (bool(cfg.val_ann) == bool(cfg.val_images), "val_ann and val_images go together (evaluation needs both)"),
     ]
     for ok, message in checks:
         if not ok:
@@ -256,12 +270,49 @@ def validate(cfg: TrainConfig, check_files=True):
         path = getattr(cfg, name)
         if path and not os.path.isdir(path):
             raise UserError(f"{flag(name)}: directory not found: {path}")
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise UserError(f"--out: {cfg.out} exists and is not a directory")
+    check_writable_dir(cfg.out, "--out")
     if not (cfg.train_ann or cfg.labeled_ann):
         raise UserError("--train-ann: give --train-ann (or --labeled-ann) and --train-images")
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):
         raise UserError(f"--backbone-weights: file not found: {cfg.backbone_weights}")
+    check_device(cfg.device)
+
+
+def check_writable_dir(path, flag):
+    """`path` is, or can be created as, a directory this process may write: checked before any work, so
+    that a typo or a read-only disk is one line at the start, not a traceback after hours of training."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag}: {path} exists and is not a directory")
+    existing = os.path.abspath(path)
+    while not os.path.exists(existing):   # the nearest ancestor that exists: makedirs creates the rest
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UserError(f"{flag}: cannot create {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot write in {existing} (no permission, or a read-only file system)")
+
+
+def check_writable_file(path, flag):
+    """`path` can be written as a file: not a directory, and its folder writable or creatable."""
+    if os.path.isdir(path):
+        raise UserError(f"{flag}: {path} is a directory, not a file")
+    check_writable_dir(os.path.dirname(os.path.abspath(path)), flag)
+
+
+def check_device(device):
+    """--device names a device this torch can run on (cpu, cuda, cuda:N): one line otherwise, before the
+    data is loaded, rather than torch's traceback at the first tensor moved there."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device: {device!r} is not a device (cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise UserError(f"--device: {device}: only cpu and cuda are supported")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device: {device}: CUDA is not available to this torch {torch.__version__} (no GPU, "
+                        "no driver, or a CPU-only build); use --device cpu")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise UserError(f"--device: {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 # Images per process (= per GPU) when --batch-size is 0. Supervised: torchvision's detection
@@ -318,7 +369,7 @@ def build_parser():
             kwargs = dict(type=f.type)
         choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
                    "scale_target": SCALE_TARGETS, "hard_label_rois": HARD_LABEL_ROIS, "distill_norm": DISTILL_NORMS,
-                   "backbone_norm": ("frozen_bn", "group")}
+                   "backbone_norm": ("frozen_bn", "group"), "backbone": tuple(RESNETS)}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]
         group.add_argument(flag, default=default, help=f.metadata["help"], **kwargs)

@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -40,21 +41,25 @@ def _load_coco_json(ann_file):
     if not ann_file.is_file():
         raise UserError(f"{ann_file}: annotation file not found")
     try:
-        data = json.loads(ann_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        data = json.loads(ann_file.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{ann_file}: not UTF-8 text, as JSON must be (byte {e.start}); re-save it as UTF-8") from None
+    except json.JSONDecodeError:
         raise UserError(f"{ann_file}: not a COCO annotation file (not valid JSON)") from None
     if not isinstance(data, dict):
         raise UserError(f"{ann_file}: not a COCO annotation file (not a JSON object)")
     for key in ("images", "annotations", "categories"):
         if key not in data:
             raise UserError(f"{ann_file}: not a COCO annotation file (missing '{key}')")
+    for key in ("images", "annotations", "categories"):
+        if not (isinstance(data[key], list) and all(isinstance(e, dict) for e in data[key])):
+            raise UserError(f"{ann_file}: not a COCO annotation file ('{key}' is not a list of objects)")
     images, anns = data["images"], data["annotations"]
     for key in ("images", "categories"):   # a set to train or evaluate on needs both
         if not data[key]:
             raise UserError(f"{ann_file}: no {key}")
     columns = {"image_id": [a.get("image_id") for a in anns],   # .get: a missing id is named as null
-               "category_id": [a.get("category_id") for a in anns],
-               "iscrowd": [a.get("iscrowd", 0) for a in anns], "area": [a.get("area") for a in anns]}
+               "category_id": [a.get("category_id") for a in anns]}
     _check_integer_ids(ann_file, data, columns)
     _check_fields(ann_file, data)
     known = _unique_ids(ann_file, images, "images", "the boxes of both would land on one image")
@@ -71,6 +76,7 @@ def _load_coco_json(ann_file):
         raise UserError(f"{ann_file}: {len(orphans)} annotations have an image_id not in 'images', the "
                         f"first {ann['image_id']} (annotation {ann['id']})")
     columns["bbox"] = _boxes_array(ann_file, anns)
+    columns["iscrowd"], columns["area"] = _crowd_and_area(ann_file, anns, columns["bbox"])
     return data, columns
 
 
@@ -150,6 +156,24 @@ def _boxes_array(ann_file, anns):
     return np.array(boxes, dtype=np.float64)   # e.g. integers beyond int64: valid, converted here
 
 
+def _crowd_and_area(ann_file, anns, xywh):
+    """Every annotation's "iscrowd" (0 or 1) and "area" (COCOeval's size ranges), which COCOeval reads
+    from each annotation: a missing (or null) one is filled in, in the annotation too, as detectron2
+    reads and writes COCO (iscrowd 0, area = box w * h); any other value than a number is a UserError
+    naming the annotation. xywh: [A, 4] the checked boxes. Returns (iscrowd [A], area [A]) lists."""
+    for ann, (w, h) in zip(anns, xywh[:, 2:].tolist()):
+        if ann.get("iscrowd") is None:
+            ann["iscrowd"] = 0
+        if ann.get("area") is None:
+            ann["area"] = w * h
+        crowd, area = ann["iscrowd"], ann["area"]
+        if not (type(crowd) in (int, float, bool) and crowd in (0, 1)):
+            raise UserError(f"{ann_file}: annotation {ann['id']} has iscrowd {json.dumps(crowd)}, not 0 or 1")
+        if not (type(area) in (int, float) and math.isfinite(area) and area >= 0):
+            raise UserError(f"{ann_file}: annotation {ann['id']} has area {json.dumps(area)}, not a number >= 0")
+    return [a["iscrowd"] for a in anns], [a["area"] for a in anns]
+
+
 # EXIF orientation -> the transpose that shows the stored pixels as displayed (Pillow's exif_transpose)
 ORIENTATION = 0x0112   # the EXIF tag
 TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -176,16 +200,26 @@ def _displayed_size(im):
     return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
+def _eight_bit(im):
+    """16-bit grayscale (PIL modes I;16*, and I, which older Pillows give 16-bit PNGs) scaled to 8 bits,
+    0..65535 -> 0..255: PIL's convert("RGB") clips those values at 255, which turns a 16-bit image
+    white. Any other mode is returned as it is."""
+    if not (im.mode == "I" or im.mode.startswith("I;16")):
+        return im
+    return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+
+
 def load_rgb(path, what="image"):
-    """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted), as
-    displayed: turned by its EXIF orientation (detectron2's convention, see _orientation).
+    """An image file -> [3, H, W] float32 in 0..1, RGB (grayscale/RGBA/palette/CMYK converted, 16-bit
+    grayscale scaled to 8 bits), as displayed: turned by its EXIF orientation (detectron2's convention,
+    see _orientation).
 
     An empty, truncated or non-image file is a one-line UserError naming the path.
     """
     try:
         with Image.open(path) as im:
             transpose = TRANSPOSE.get(_orientation(im))
-            rgb = im.convert("RGB")
+            rgb = _eight_bit(im).convert("RGB")
             pixels = np.asarray(rgb if transpose is None else rgb.transpose(transpose))  # [H, W, 3] uint8
     except OSError as e:  # PIL.UnidentifiedImageError is an OSError
         raise UserError(f"{path}: cannot read the image ({what}): {e}") from None
@@ -244,6 +278,10 @@ class CocoDetection(Dataset):
         self.cat_id_to_label = {c: i + 1 for i, c in enumerate(cat_ids)}
         self.label_to_cat_id = {i + 1: c for i, c in enumerate(cat_ids)}
         self.class_names = [self.coco.cats[c]["name"] for c in cat_ids]
+        shared = sorted(name for name, n in Counter(self.class_names).items() if n > 1)
+        if shared:
+            warnings.warn(f"{self.ann_file.name}: several categories are named {', '.join(shared)}: logs, "
+                          "pictures and per-class counts cannot tell them apart")
         self._targets = self._precompute_targets(data["images"], columns)
         self.image_ids = [img["id"] for img in data["images"]]
         if image_ids is not None:
@@ -270,9 +308,7 @@ class CocoDetection(Dataset):
         kept = np.flatnonzero(counted & valid)
         kept = kept[np.argsort(image_of[kept], kind="stable")]                                   # [K] by image
         labels = np.array([self.cat_id_to_label[c] for c in columns["category_id"]], dtype=np.int64)
-        # COCOeval's size ranges use the annotation's "area" (segment area), else the box area
-        areas = np.array(columns["area"], dtype=np.float64)                                       # None -> nan
-        areas = np.where(np.isnan(areas), xywh[:, 2] * xywh[:, 3], areas)
+        areas = np.array(columns["area"], dtype=np.float64)   # [A] COCOeval's size ranges (_crowd_and_area)
         offsets = np.concatenate([[0], np.cumsum(np.bincount(image_of[kept], minlength=len(images)))])
         if dropped:
             warnings.warn(f"{self.ann_file.name}: dropped {dropped} degenerate boxes (w or h < 1)")
@@ -331,13 +367,15 @@ class CocoDetection(Dataset):
                               sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
         small = int((areas < 32 ** 2).sum())
         large = int((areas > 96 ** 2).sum())
+        absent = [name for k, name in enumerate(self.class_names, 1) if k not in counts]
         return "\n".join([
             f"{title or self.ann_file.name}: {len(self)} images "
             f"({sum(len(t[1]) == 0 for t in per_image)} without boxes), {len(labels)} boxes, "
             f"{self.num_classes} classes",
             f"  boxes per class: {per_class or '-'}",
             f"  box sizes (COCO area): small {small}, medium {len(areas) - small - large}, "
-            f"large {large}"])
+            f"large {large}",
+            *([f"  no box of {', '.join(absent)}: not learnable from these images"] if absent else [])])
 
     def num_boxes(self):
         """Boxes the images of the data set train or are evaluated on (crowd and degenerate ones dropped)."""
@@ -492,12 +530,13 @@ def _verify_one(entry):
     path, expected = entry
     try:
         with Image.open(path) as im:
-            size = _displayed_size(im)
+            size, orientation = _displayed_size(im), _orientation(im)
             im.load()
     except OSError as e:  # truncated, corrupt, not an image, unreadable
         return f"cannot decode ({e})"
     if expected is not None and tuple(size) != tuple(expected):
-        return f"is {size[0]}x{size[1]}, the JSON says {expected[0]}x{expected[1]}"
+        turned = f" (as displayed: its EXIF orientation {orientation} turns it)" if orientation in (5, 6, 7, 8) else ""
+        return f"is {size[0]}x{size[1]}{turned}, the JSON says {expected[0]}x{expected[1]}"
     return None
 
 
@@ -570,14 +609,23 @@ class TrainBatchSampler:
         return itertools.islice(self._stream(), self.start_iter, None)
 
 
+def _leave_ctrl_c_to_the_main_process(worker_id):
+    """DataLoader worker_init_fn: SIGINT ignored. Ctrl-C signals the whole process group; the main process
+    then finishes its iteration, saves and shuts the workers down (train.stop_requests), while a worker
+    ended by it would fail the batch the main process still waits for. SIGTERM keeps its default: it is
+    how the main process (and Python's exit) ends its workers."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset, batch_sampler, workers, pin_memory=False):
     """Training DataLoader driven by a batch sampler of (index, flip) tuples."""
-    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers,
-                      collate_fn=collate, pin_memory=pin_memory, persistent_workers=workers > 0)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
+                      pin_memory=pin_memory, persistent_workers=workers > 0,
+                      worker_init_fn=_leave_ctrl_c_to_the_main_process)
 
 
 def make_eval_loader(dataset, batch_size, workers, rank=0, world_size=1):
     """Evaluation DataLoader over this rank's shard `indices[rank::world_size]`, fixed order."""
     indices = list(range(len(dataset)))[rank::world_size]
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=collate)
+                      collate_fn=collate, worker_init_fn=_leave_ctrl_c_to_the_main_process)

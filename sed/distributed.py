@@ -20,8 +20,13 @@ class DistInfo:
         return self.world_size > 1
 
 
+def launched():
+    """True in a process that torchrun started (it sets RANK), even with one process."""
+    return "RANK" in os.environ
+
+
 def setup(device="cpu") -> DistInfo:
-    if "RANK" not in os.environ:
+    if not launched():
         return DistInfo(device=device)
     rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

@@ -4,12 +4,15 @@ A problem the user can act on (a missing or malformed file, an unknown category,
 another model, ...) is raised as `UserError("<file or flag>: <problem>")` where it is found. Each
 command's `main` runs its work inside `user_errors(...)`, which prints `error: <message>` on stderr
 and exits with status 1. Anything else is a bug and keeps its traceback; `--debug` (or the
-environment variable SED_DEBUG=1) shows the traceback of a user error too.
+environment variable SED_DEBUG=1) shows the traceback of a user error too. Ctrl-C is one line too
+(exit status 130), and a warning is one line `warning: <message>` (Python's format adds the file, the
+line number and the source line of the code that warned).
 """
 import argparse
 import contextlib
 import os
 import sys
+import warnings
 
 
 class UserError(ValueError):
@@ -42,6 +45,11 @@ def report(message):
     print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
 
 
+def show_warning(message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning as one line `warning: <message>` on stderr."""
+    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+
+
 @contextlib.contextmanager
 def user_errors(debug=False, memory_flags=""):
     """Run a command's work: UserError -> one line on stderr and exit status 1 (a traceback with
@@ -52,7 +60,15 @@ def user_errors(debug=False, memory_flags=""):
         import torch  # the commands that name memory flags have imported torch already
         out_of_memory = (torch.cuda.OutOfMemoryError,)
     try:
-        yield
+        with warnings.catch_warnings():   # restores Python's warning display on exit
+            if not debug_requested(debug):
+                warnings.showwarning = show_warning
+            yield
+    except KeyboardInterrupt:
+        if debug_requested(debug):
+            raise
+        report("interrupted (Ctrl-C)")
+        sys.exit(130)   # 128 + SIGINT, the shell's convention
     except (UserError, *out_of_memory) as e:
         if debug_requested(debug):
             raise

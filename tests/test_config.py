@@ -3,8 +3,11 @@ import dataclasses
 import re
 
 import pytest
+import torch
 
-from sed.config import TrainConfig, build_parser, changed_sed_settings, from_dict, parse_args, validate
+from sed.config import (TrainConfig, build_parser, changed_sed_settings, check_device, check_writable_dir,
+                        check_writable_file, from_dict, parse_args, validate)
+from sed.errors import UserError
 
 
 def test_every_field_has_a_flag_and_help():
@@ -50,6 +53,13 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--method", "sed", "--no-hard-pseudo-labels"], "--no-hard-pseudo-labels needs --distill (without the soft "
      "self-distillation the hard labels are the teacher's only signal to the student); --distill "
      "--no-hard-pseudo-labels is SED as Figure 1 draws it"),
+    (["--checkpoint-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 0, 20 and 8"),
+    (["--log-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 5000, 0 and 8"),
+    (["--momentum", "-1"], "--momentum, --weight-decay and --grad-clip must be >= 0"),
+    (["--workers", "-1"], "--workers must be >= 0 (0 = load in the main process), got -1"),
+    (["--min-size", "800", "--max-size", "600"], "--max-size must be >= --min-size, got 600 and (800,)"),
+    (["--roi-batch-size", "0"], "--roi-batch-size, --box-head-dim and --fpn-channels must be >= 1"),
+    (["--val-ann", "v.json"], "--val-ann and --val-images go together (evaluation needs both)"),
 ])
 def test_validation_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -57,6 +67,38 @@ def test_validation_messages(argv, message, capsys):
     assert stop.value.code == 2 and capsys.readouterr().err == f"error: {message}\n"  # one line, no usage
     with pytest.raises(ValueError, match=re.escape(message)):
         validate(TrainConfig(**vars(build_parser().parse_args(argv))), check_files=False)
+
+
+def test_backbone_is_one_of_the_resnets(capsys):
+    with pytest.raises(SystemExit):
+        parse_args(["--backbone", "resnet101"], check_files=False)
+    assert "argument --backbone: invalid choice: 'resnet101'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device, message", [
+    ("gpu", "--device: 'gpu' is not a device (cpu, cuda or cuda:N)"),
+    ("mps", "--device: mps: only cpu and cuda are supported"),
+    ("cuda:99", "--device: cuda:99: "),
+])
+def test_device_is_checked_before_any_work(device, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line():
+    with pytest.raises(UserError, match=r"--device: cuda: CUDA is not available to this torch .*; use --device cpu"):
+        check_device("cuda")
+
+
+def test_output_folder_that_cannot_be_written(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match=r"--out: cannot create .*/file/run: .*/file is not a directory"):
+        check_writable_dir(str(tmp_path / "file" / "run"), "--out")
+    check_writable_dir(str(tmp_path / "new" / "run"), "--out")   # creatable: fine, nothing created
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match=r"--json: .* is a directory, not a file"):
+        check_writable_file(str(tmp_path), "--json")
 
 
 def test_missing_files_are_named(tmp_path, capsys):

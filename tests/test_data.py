@@ -1,6 +1,7 @@
 """sed.data: validation errors, label mapping, image modes, box handling, flip, samplers, loaders."""
 import itertools
 import json
+import re
 import warnings
 
 import numpy as np
@@ -12,6 +13,7 @@ from sed import synthetic
 from sed.data import (CocoDetection, ImageFolderDetection, TrainBatchSampler, collate, make_eval_loader,
                       make_loader, verify_images)
 from sed.errors import UserError
+from sed.evaluation import coco_metrics
 
 CATS = [{"id": 5, "name": "cat"}, {"id": 2, "name": "dog"}, {"id": 90, "name": "bird"}]
 
@@ -176,7 +178,8 @@ def test_exif_orientation_is_applied(tmp_path):
     assert verify_images([ds], workers=1, progress=False) == 1
     assert ImageFolderDetection(image_dir).sizes() == [(30, 40)]
     ann_file.write_text(ann_file.read_text().replace('"width": 30, "height": 40', '"width": 40, "height": 30'))
-    with pytest.raises(UserError, match=r"1.jpg: is 30x40, the JSON says 40x30"):
+    with pytest.raises(UserError, match=r"1.jpg: is 30x40 \(as displayed: its EXIF orientation 6 turns it\), "
+                       r"the JSON says 40x30"):
         verify_images([CocoDetection(ann_file, image_dir)], workers=1, progress=False)
 
 
@@ -195,6 +198,52 @@ def test_empty_or_corrupt_image_file(tmp_path, content):
     with pytest.raises(ValueError, match=r"1.png: cannot read the image \(image id 1\)") as info:
         CocoDetection(ann_file, image_dir)[0]
     assert "\n" not in str(info.value)
+
+
+def test_missing_crowd_and_area_are_filled_in_for_cocoeval(tmp_path):
+    """A hand-made file without "iscrowd" and "area" (or with null) works as detectron2 reads it: iscrowd 0,
+    area = box w * h, in the annotations that COCOeval reads too."""
+    anns = [{"id": 1, "image_id": 1, "category_id": 5, "bbox": [0, 0, 4, 5]},
+            {"id": 2, "image_id": 1, "category_id": 2, "bbox": [1, 1, 40, 20], "iscrowd": None, "area": None},
+            _ann(3, 1, 2, [1, 1, 3, 3], area=2.5)]
+    ann_file, image_dir = _write(tmp_path, [_img(1)], anns)
+    ds = CocoDetection(ann_file, image_dir)
+    assert [(a["iscrowd"], a["area"]) for a in ds.coco.dataset["annotations"]] == [(0, 20), (0, 800), (0, 2.5)]
+    assert ds._targets[1][2].tolist() == [20, 800, 2.5]
+    perfect = [{"image_id": 1, "category_id": a["category_id"], "bbox": a["bbox"], "score": 0.9} for a in anns]
+    assert coco_metrics(ds.coco, perfect, verbose=False)["AP"] == pytest.approx(100)   # COCOeval reads them
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"iscrowd": "yes"}, 'annotation 1 has iscrowd "yes", not 0 or 1'),
+    ({"iscrowd": 2}, "annotation 1 has iscrowd 2, not 0 or 1"),
+    ({"area": "big"}, 'annotation 1 has area "big", not a number >= 0'),
+    ({"area": -1}, "annotation 1 has area -1, not a number >= 0"),
+])
+def test_malformed_crowd_or_area(tmp_path, extra, message):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(1, 1, 5, [0, 0, 5, 5], **extra)])
+    with pytest.raises(UserError, match="ann.json: " + re.escape(message)):
+        CocoDetection(ann_file, image_dir)
+
+
+def test_categories_sharing_a_name_warn(tmp_path):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [], categories=[*CATS, {"id": 7, "name": "dog"}])
+    with pytest.warns(UserWarning, match=r"ann.json: several categories are named dog: logs, pictures"):
+        CocoDetection(ann_file, image_dir)
+
+
+def test_sections_must_be_lists_of_objects(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({"images": [_img(1)], "annotations": {"1": _ann(1, 1, 5, [0, 0, 5, 5])},
+                                                 "categories": CATS}))
+    with pytest.raises(UserError, match=r"a.json: not a COCO annotation file \('annotations' is not a list of objects\)"):
+        CocoDetection(tmp_path / "a.json", tmp_path)
+
+
+def test_json_that_is_not_utf8(tmp_path):
+    (tmp_path / "a.json").write_bytes(json.dumps({"images": [], "annotations": [],
+                                                  "categories": [{"id": 1, "name": "X"}]}).encode().replace(b"X", b"\xe9"))
+    with pytest.raises(UserError, match=r"a.json: not UTF-8 text, as JSON must be \(byte \d+\); re-save it as UTF-8"):
+        CocoDetection(tmp_path / "a.json", tmp_path)
 
 
 # ---- labels, images, boxes --------------------------------------------------------------------
@@ -221,6 +270,16 @@ def test_image_modes_become_rgb(tmp_path):
         assert image.shape == (3, h, w) and image.dtype == torch.float32
         assert target["orig_size"] == (h, w)
     assert torch.all(ds[0][0] == 1.0)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits(tmp_path):
+    """PIL's convert("RGB") clips 16-bit values at 255 (a white image); load_rgb scales 0..65535 to 0..1."""
+    ann_file, image_dir = _write(tmp_path, [_img(1, 2, 1)], [])
+    Image.fromarray(np.array([[0, 200 * 257]], dtype=np.uint16)).save(image_dir / "1.png")   # 8-bit 0 and 200
+    with Image.open(image_dir / "1.png") as im:
+        assert im.mode.startswith("I")   # I;16 (or I in older Pillows): the case this test is about
+    image, _ = CocoDetection(ann_file, image_dir)[0]
+    assert image[:, 0, 0].tolist() == [0, 0, 0] and image[:, 0, 1].tolist() == pytest.approx([200 / 255] * 3)
 
 
 def test_empty_crowd_clip_degenerate(tmp_path):
@@ -275,6 +334,7 @@ def test_image_ids_subset_keeps_file_order_and_summary(tmp_path):
     text = CocoDetection(ann_file, image_dir).summary()
     assert "3 images (1 without boxes), 3 boxes" in text
     assert "boxes per class: cat: 2, dog: 1" in text
+    assert text.endswith("\n  no box of bird: not learnable from these images")
 
 
 def test_synthetic_round_trip(tmp_path):

@@ -10,14 +10,19 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 
+from sed.backbone import imagenet_resnet
 from sed.checkpoint import load_checkpoint
 from sed.data import CocoDetection, TrainBatchSampler
+from sed.errors import UserError, show_warning, user_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SED_DEBUG": ""}
@@ -199,7 +204,6 @@ def test_exact_lines(data, ckpt, results):
 
 def test_debug_shows_the_traceback(data, tmp_path, monkeypatch):
     """--debug or SED_DEBUG=1: the UserError propagates (the interpreter prints its traceback)."""
-    from sed.errors import UserError
     message = "--num-classes: wrong class count: --num-classes 7 but the training annotations have 5 categories"
     with pytest.raises(UserError) as info:
         _train_module().main(train_args(data, tmp_path, "--num-classes", "7", "--debug")[1:])
@@ -301,3 +305,25 @@ def test_cuda_out_of_memory_names_the_memory_flags(data, tmp_path, monkeypatch, 
     monkeypatch.setenv("SED_DEBUG", "1")  # the traceback instead
     with pytest.raises(torch.cuda.OutOfMemoryError):
         train.main(train_args(data, tmp_path)[1:])
+
+
+def test_ctrl_c_and_warnings_are_one_line(capsys):
+    with pytest.raises(SystemExit) as stop:
+        with user_errors():
+            warnings.warn("ann.json: dropped 2 degenerate boxes (w or h < 1)")
+            raise KeyboardInterrupt
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == ("warning: ann.json: dropped 2 degenerate boxes (w or h < 1)\n"
+                                       "error: interrupted (Ctrl-C)\n")
+    assert warnings.showwarning is not show_warning   # Python's own display is back
+
+
+def test_no_connection_for_the_imagenet_weights_is_one_line(monkeypatch):
+    """No internet (here a builder that fails as torch.hub's download does) -> where to put the file."""
+    def offline(**kwargs):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setenv("TORCH_HOME", "/tmp/hub-home")
+    with pytest.raises(UserError, match=r"^--backbone-weights imagenet: cannot get https://\S+/resnet18-\w+\.pth "
+                       r"\(Name or service not known\); download it elsewhere and put it in "
+                       r"/tmp/hub-home/hub/checkpoints, or pass it as --backbone-weights FILE$"):
+        imagenet_resnet(offline, torchvision.models.ResNet18_Weights.IMAGENET1K_V1, None)

@@ -3,8 +3,10 @@ import importlib.util
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,6 +115,60 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
     ckpt = load_checkpoint(tmp_path / "last.pt")  # written after iteration 2, untouched since
     assert ckpt["iteration"] == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def interrupt_after_two_iterations(cmd, out):
+    """Runs cmd in a process group of its own and sends SIGINT to the whole group, as Ctrl-C does, once
+    OUT/log.jsonl has 2 lines -> (exit status, stderr)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log, deadline = out / "log.jsonl", time.time() + 240
+    while proc.poll() is None and time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=240)
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize("launcher", ["python", "torchrun"])
+def test_ctrl_c_stops_after_its_iteration_and_saves(data, tmp_path, launcher):
+    """SIGINT to the whole process group, data loader workers included, as Ctrl-C sends it:
+    train.py finishes the iteration in progress, writes last.pt although no checkpoint is due, says so in
+    one line, exits 130, and --resume continues from there. Under torchrun, which forwards the signal to
+    its workers a second time, both ranks stop after the same iteration with identical weights (the
+    exit status and the traceback after our line are torchrun's own)."""
+    out = tmp_path / "run"
+    flags = argv(data, out, 1000, "--checkpoint-every", "1000", "--workers", "1")
+    launch = [sys.executable] if launcher == "python" else [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    status, err = interrupt_after_two_iterations([*launch, str(ROOT / "train.py"), *flags, "--batch-size", "1"], out)
+    stopped = load_checkpoint(out / "last.pt")["iteration"]
+    line = (f"stopped by SIGINT after iteration {stopped}: saved {out / 'last.pt'}; continue with the same flags "
+            f"and --resume {out / 'last.pt'}")
+    assert 2 <= stopped < 1000 and "SIGINT: stopping after this iteration" in err, err[-3000:]
+    if launcher == "python":
+        assert status == 130 and "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
+        train.main(argv(data, out, stopped + 1, "--resume", str(out / "last.pt"), "--batch-size", "1"))
+        assert load_checkpoint(out / "last.pt")["iteration"] == stopped + 1
+    else:
+        assert line in err.splitlines(), err[-3000:]
+        saved = [json.loads(r) for r in (out / "log.jsonl").read_text().splitlines() if "param_checksums" in r]
+        assert saved[-1]["iteration"] == stopped and len(set(saved[-1]["param_checksums"])) == 1
+
+
+def test_stop_requests_act_on_the_first_signal_and_on_a_second_ctrl_c():
+    before = signal.getsignal(signal.SIGTERM)
+    with train.stop_requests(announce=False) as received:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)   # a repeat (torchrun forwarding it, a scheduler): ignored
+        assert received == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    with train.stop_requests(announce=False, ctrl_c_twice_stops=False) as received:   # under torchrun
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert received == [signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 SED_FLAGS = ["--method", "sed", "--labeled-percent", "50", "--burn-in-iters", "1", "--unlabeled-batch-size", "2",
