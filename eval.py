@@ -96,7 +96,7 @@ def parse_args(argv=None):
             p.error(f"--images: directory not found: {args.images}")
         if not image_files(args.images):
             p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images}")
-        args.dets = args.dets or str(Path(args.images)) + "_detections.json"
+        args.dets = args.dets or str(Path(args.images).resolve()) + "_detections.json"   # beside the folder
     if not 0 <= args.score_thr <= 1:
         p.error(f"--score-thr must be in [0, 1] (a score), got {args.score_thr}")
     if args.max_images < 0:

@@ -61,9 +61,9 @@ import sed
 from sed import distributed
 from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
-from sed.config import changed_sed_settings, describe_batch, model_options, parse_args, resolve_batch
+from sed.config import changed_settings, describe_batch, model_options, parse_args, resolve_batch
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
-                      check_image_files, make_loader, verify_images)
+                      check_image_files, make_loader, verify_images, warn_shared_images)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
 from sed.errors import UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate
@@ -217,6 +217,7 @@ def train(cfg):
     if cfg.unlabeled_images:  # a folder of photos, no JSON: added to the unlabeled part (if any)
         folder = ImageFolderDetection(cfg.unlabeled_images)
         unlabeled = folder if unlabeled is None else ConcatDetection([unlabeled, folder])
+    warn_shared_images(labeled, unlabeled)
     val = CocoDetection(cfg.val_ann, cfg.val_images) if cfg.val_ann else None
     if cfg.num_classes and cfg.num_classes != labeled.num_classes:
         raise UserError(f"--num-classes: wrong class count: --num-classes {cfg.num_classes} but the "
@@ -267,9 +268,9 @@ def train(cfg):
     scaler = torch.amp.GradScaler(torch.device(device).type, enabled=cfg.dtype == "float16")
     teacher = None  # SED: the EMA teacher (sed/teacher.py), saved in the checkpoint and evaluated
     if cfg.method == "sed":
-        if unlabeled is None:
+        if unlabeled is None or len(unlabeled) == 0:
             raise UserError("--method: sed needs unlabeled images: give --labeled-percent < 100, "
-                            "--split-file, --unlabeled-ann or --unlabeled-images")
+                            "--split-file (leaving some images out), --unlabeled-ann or --unlabeled-images")
         teacher = make_teacher(model)
 
     iteration = 0  # number of completed iterations
@@ -283,11 +284,13 @@ def train(cfg):
         iteration = ckpt["iteration"]
         if master:
             print(f"resumed from {cfg.resume} at iteration {iteration}")
-            changed = changed_sed_settings(ckpt["config"], cfg)
+            changed = changed_settings(ckpt["config"], cfg)
             if changed:
-                print(f"warning: --resume: this run's SED settings differ from the checkpoint's "
-                      f"({', '.join(changed)}); pass the checkpoint's flags to continue its run unchanged",
-                      file=sys.stderr)
+                warnings.warn(f"--resume: this run's settings differ from the checkpoint's ({', '.join(changed)}); "
+                              "pass the checkpoint's flags to continue its run unchanged")
+            if iteration >= cfg.max_iter:
+                warnings.warn(f"--resume: the checkpoint is at iteration {iteration}, --max-iter is {cfg.max_iter}: "
+                              "nothing to train; raise --max-iter to go on")
     if master:
         for name in ("log.jsonl", "metrics.jsonl"):
             trim_jsonl(os.path.join(cfg.out, name), iteration if cfg.resume else -1)

@@ -33,6 +33,7 @@ import torchvision
 import sed
 from sed import bench_data
 from sed.config import TrainConfig
+from sed.errors import ArgumentParser
 from sed.evaluation import autocast
 from sed.losses import SEDObjective
 from sed.teacher import make_teacher
@@ -201,7 +202,7 @@ def compare(kind, sides, args, state, state_file, device, images):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=2, help="images of the detector comparison")
     parser.add_argument("--height", type=int, default=448, help="image height (a multiple of 64: no SED padding)")
@@ -225,6 +226,9 @@ def main(argv=None):
     parser.add_argument("--data-batches", type=int, default=10000, help="--data: batches of the worker curve")
     parser.add_argument("--data-images", type=int, default=bench_data.NUM_IMAGES, help="--data: images")
     args = parser.parse_args(argv)
+    if args.repeats < 1 or args.data_images < 1 or args.num_classes < 5:
+        parser.error(f"--repeats and --data-images must be >= 1 and --num-classes >= 5 (the inputs' labels are "
+                     f"1..5), got {args.repeats}, {args.data_images} and {args.num_classes}")
     if args.data:
         return bench_data.main(args.data_dir, args.repeats, args.data_batches, args.data_images)
     device = torch.device(args.device)

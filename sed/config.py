@@ -172,14 +172,24 @@ _NAMES = [f.name for f in dataclasses.fields(TrainConfig)]
 SED_FIELDS = set(_NAMES[_NAMES.index(HELP_GROUPS["SED"]):_NAMES.index(HELP_GROUPS["evaluation and logging"])])
 
 
-def changed_sed_settings(saved, cfg):
-    """['--flag saved -> now'] for each SED setting (the --help group "SED") in which cfg differs from a
-    checkpoint's saved config (a dict), when both are SED runs: a resumed run whose flags, or whose
-    defaults (--distill changed at stop 26), changed since it started would otherwise change method silently."""
-    if saved.get("method") != "sed" or cfg.method != "sed":
-        return []
-    saved, now = as_json(saved), as_json(cfg)
-    return [f"{flag(k)} {saved[k]} -> {now[k]}" for k in sorted(SED_FIELDS) if k in saved and saved[k] != now[k]]
+# What decides the images of a run and their batches (data group): a resumed run that changes one of them
+# trains on another split or stream than the one it started, exactly resumable no more.
+SPLIT_FIELDS = ("labeled_percent", "split_seed", "split_file", "labeled_ann", "unlabeled_ann", "unlabeled_images",
+                "batch_size", "unlabeled_batch_size")
+
+
+def changed_settings(saved, cfg):
+    """['--flag saved -> now'] for each setting in which cfg differs from a checkpoint's saved config (a
+    dict) that would change a resumed run silently: the labeled split and the batches (SPLIT_FIELDS), SED
+    that goes on as supervised training (its teacher unused), and, when both are SED runs, each SED setting
+    (the --help group "SED"; --distill's default changed at stop 26). Supervised -> SED is how a burn-in
+    continues (sed.experiment), and not named."""
+    saved_json, now = as_json(saved), as_json(cfg)
+    fields = [*SPLIT_FIELDS, *(sorted(SED_FIELDS) if saved.get("method") == cfg.method == "sed" else ())]
+    changed = [f"{flag(k)} {saved_json[k]} -> {now[k]}" for k in fields if k in saved_json and saved_json[k] != now[k]]
+    if saved.get("method") == "sed" and cfg.method == "supervised":
+        changed.insert(0, "--method sed -> supervised (its teacher is not used)")
+    return changed
 
 
 def as_json(cfg):
@@ -254,6 +264,10 @@ def validate(cfg: TrainConfig, check_files=True):
          f"{cfg.log_every} and {cfg.eval_batch_size}"),
         (cfg.workers >= 0, f"workers must be >= 0 (0 = load in the main process), got {cfg.workers}"),
         (bool(cfg.val_ann) == bool(cfg.val_images), "val_ann and val_images go together (evaluation needs both)"),
+        (not cfg.unlabeled_ann or cfg.labeled_ann, "unlabeled_ann needs labeled_ann (the two ready-made parts go "
+         "together; images beside a percent split: --unlabeled-images)"),
+        (not cfg.labeled_ann or (not cfg.split_file and cfg.labeled_percent == 100),
+         "labeled_ann is the labeled part: it takes no labeled_percent or split_file"),
     ]
     for ok, message in checks:
         if not ok:

@@ -200,6 +200,13 @@ def _displayed_size(im):
     return (h, w) if _orientation(im) in (5, 6, 7, 8) else (w, h)
 
 
+def too_large(error):
+    """The message of PIL's DecompressionBombError (more than 2 x Image.MAX_IMAGE_PIXELS pixels, a guard
+    against files crafted to exhaust memory) with what to do about a real, trusted image."""
+    return (f"too large for PIL's guard against decompression bombs ({error}); tile the image, or raise "
+            "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted")
+
+
 def _eight_bit(im):
     """16-bit grayscale (PIL modes I;16*, and I, which older Pillows give 16-bit PNGs) scaled to 8 bits,
     0..65535 -> 0..255: PIL's convert("RGB") clips those values at 255, which turns a 16-bit image
@@ -223,6 +230,8 @@ def load_rgb(path, what="image"):
             pixels = np.asarray(rgb if transpose is None else rgb.transpose(transpose))  # [H, W, 3] uint8
     except OSError as e:  # PIL.UnidentifiedImageError is an OSError
         raise UserError(f"{path}: cannot read the image ({what}): {e}") from None
+    except Image.DecompressionBombError as e:
+        raise UserError(f"{path}: {too_large(e)}") from None
     return torch.from_numpy(pixels.copy()).permute(2, 0, 1).float().div_(255)
 
 
@@ -443,6 +452,8 @@ class ImageFolderDetection(Dataset):
                         self._sizes.append(_displayed_size(im))
                 except OSError as e:
                     raise UserError(f"{path}: cannot read the image (unlabeled image): {e}") from None
+                except Image.DecompressionBombError as e:
+                    raise UserError(f"{path}: {too_large(e)}") from None
         return self._sizes
 
     def aspect_ratios(self):
@@ -511,6 +522,20 @@ def _missing_files(root, names):
     return missing
 
 
+def warn_shared_images(labeled, unlabeled):
+    """A warning when image files are in both parts (--unlabeled-images over the training folder, a ready-made
+    unlabeled file that repeats labeled images, the same file listed twice): they would be trained as labeled
+    and as unlabeled, and the unlabeled part would count some images twice."""
+    if unlabeled is None:
+        return
+    counts = Counter(os.path.abspath(path) for path, _ in unlabeled.files())     # no system call per file
+    shared = sorted({os.path.abspath(path) for path, _ in labeled.files()} & set(counts))
+    repeated = sorted(path for path, n in counts.items() if n > 1)
+    if shared or repeated:
+        warnings.warn(f"{len(shared)} labeled images are among the unlabeled ones too, and {len(repeated)} "
+                      f"unlabeled images are listed more than once (e.g. {_examples(shared or repeated, 1)})")
+
+
 def check_image_files(*datasets):
     """Every image file that the COCO data sets name exists, checked before the first iteration
     rather than when the sampler first meets a missing file hours in. One UserError per annotation
@@ -534,6 +559,8 @@ def _verify_one(entry):
             im.load()
     except OSError as e:  # truncated, corrupt, not an image, unreadable
         return f"cannot decode ({e})"
+    except Image.DecompressionBombError as e:
+        return too_large(e)
     if expected is not None and tuple(size) != tuple(expected):
         turned = f" (as displayed: its EXIF orientation {orientation} turns it)" if orientation in (5, 6, 7, 8) else ""
         return f"is {size[0]}x{size[1]}{turned}, the JSON says {expected[0]}x{expected[1]}"

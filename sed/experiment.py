@@ -75,7 +75,8 @@ import torch
 
 import sed.config
 from sed.checkpoint import load_checkpoint
-from sed.synthetic import generate
+from sed.errors import ArgumentParser
+from sed.synthetic import FAMILIES, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 FIGURE_1 = ["--distill", "--no-hard-pseudo-labels"]  # the soft rows as Figure 1 draws them: no hard-label term
@@ -114,11 +115,11 @@ DIAGNOSTICS = ("pl_dets_per_image", "pl_recall@0.5", "pl_recall@0.7", "pl_recall
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/experiment", help="runs, logs and checkpoints")
     p.add_argument("--results", default="", help="per-run JSON, results.md, results.png "
                    "(default docs/experiment/<family>)")
-    p.add_argument("--family", default="shapes", help="synthetic family (sed.synthetic.FAMILIES)")
+    p.add_argument("--family", default="shapes", choices=sorted(FAMILIES), help="synthetic family")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     p.add_argument("--num-train", type=int, default=1000)
@@ -137,7 +138,11 @@ def parse_args(argv):
     p.add_argument("--summary", nargs="+", metavar="RESULTS", default=[],
                    help="only print one line per results folder: the main rows, the gains, the teacher-student's "
                    "pl_recall@0.7 (README, \"Results\")")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if min(args.seeds) < 0 or args.parallel < 1 or args.image_size % 64:
+        p.error(f"--seeds must be >= 0, --parallel >= 1 and --image-size a multiple of 64, got {args.seeds}, "
+                f"{args.parallel} and {args.image_size}")
+    return args
 
 
 def lr_step(args):
@@ -178,7 +183,11 @@ def run(cmd, log_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        status = subprocess.run([sys.executable, *cmd], cwd=ROOT, env=env, stdout=log,
+                                stderr=subprocess.STDOUT).returncode
+    if status:   # its last line: train.py's one-line error, or the end of a traceback
+        last = next((line for line in reversed(log_path.read_text().splitlines()) if line.strip()), "")
+        raise SystemExit(f"error: {log_path}: train.py stopped with exit status {status}: {last.strip()}")
 
 
 def read_jsonl(path):
@@ -370,8 +379,11 @@ def load_results(results):
     """{row: {seed: record}} from every RESULTS/*.json."""
     table = {}
     for path in sorted(results.glob("*_seed*.json")):
-        record = json.loads(path.read_text())
-        table.setdefault(record["row"], {})[record["seed"]] = record
+        try:
+            record = json.loads(path.read_text())
+            table.setdefault(record["row"], {})[record["seed"]] = record
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+            raise SystemExit(f"error: {path}: not a run record of sed.experiment") from None
     return table
 
 

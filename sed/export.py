@@ -9,11 +9,13 @@ weights_backbone=None)` builds trainable BatchNorm2d layers instead, whose state
 `num_batches_tracked` entries). SED checkpoints export the EMA teacher by default.
 """
 
+import os
+
 import torch
 
 from sed.backbone import GROUPS
 from sed.checkpoint import load_checkpoint
-from sed.config import from_dict
+from sed.config import check_writable_file, from_dict
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.model import TORCHVISION_NAMES, rename_prefixes
 
@@ -31,7 +33,7 @@ def torchvision_constructor(cfg):
     torchvision's resnet_fpn_backbone has 256 FPN channels and no flag for others: a checkpoint trained
     with another --fpn-channels has no torchvision equivalent (UserError)."""
     if cfg.fpn_channels != 256:
-        raise UserError(f"this checkpoint has a {cfg.fpn_channels}-channel FPN (--fpn-channels); torchvision's "
+        raise UserError(f"--fpn-channels: this checkpoint has a {cfg.fpn_channels}-channel FPN; torchvision's "
                         "resnet_fpn_backbone has 256 channels, so it cannot be exported")
     backbone = f"backbone_name={cfg.backbone!r}, weights=None"
     if cfg.backbone_norm == "group":
@@ -66,6 +68,9 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     with user_errors(args.debug):
+        check_writable_file(args.out, "out")
+        if os.path.abspath(args.out) == os.path.abspath(args.ckpt):
+            raise UserError(f"{args.out}: is the checkpoint itself; write the export to another file")
         ckpt = load_checkpoint(args.ckpt)
         which = args.model or ("teacher" if "teacher" in ckpt else "student")
         if which == "teacher" and "teacher" not in ckpt:

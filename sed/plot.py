@@ -16,6 +16,8 @@ import math
 import sys
 from pathlib import Path
 
+from sed.config import check_writable_dir
+
 MISSING_MATPLOTLIB = "sed.plot needs matplotlib: pip install matplotlib"
 
 
@@ -24,12 +26,20 @@ class MissingMatplotlib(ImportError):
 
 
 def read_jsonl(path):
-    """List of dicts, [] for a missing file; a line that is not a JSON object is a ValueError."""
+    """List of dicts, [] for a missing file; a line that is not a JSON object is a ValueError, except an
+    unfinished last line (no newline after it: a run writing it now, or killed while it did), left out."""
     path = Path(path)
     if not path.exists():
         return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:   # a directory, no permission, not text
+        raise ValueError(f"{path}: cannot read it as a log ({e})") from None
+    lines = text.splitlines()
+    if lines and not text.endswith("\n"):
+        lines.pop()
     rows = []
-    for n, line in enumerate(path.read_text().splitlines(), 1):
+    for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
@@ -96,6 +106,7 @@ def make_plots(run_dir, plot_dir=None):
     if not log and not metrics:
         raise ValueError(f"{run_dir}: no log.jsonl or metrics.jsonl with data")
     plot_dir = Path(plot_dir) if plot_dir else run_dir / "plots"
+    check_writable_dir(str(plot_dir), "--out")
     plot_dir.mkdir(parents=True, exist_ok=True)
     by_model = {}
     for row in metrics:

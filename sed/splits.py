@@ -8,6 +8,7 @@ Three ways, as in the SSOD literature:
 `load_split` builds the data sets for each case.
 """
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +74,7 @@ def read_split_file(path, percent, seed, image_ids):
                          f"available: {list(table[percent_key])}")
     indices = table[percent_key][seed_key]
     ids = list(image_ids)
-    bad = [k for k in indices if not (isinstance(k, int) and 0 <= k < len(ids))]
+    bad = [k for k in indices if not (type(k) is int and 0 <= k < len(ids))]   # true/false are not indices
     if bad or len(set(indices)) != len(indices):
         raise UserError(f"{path}: percent {percent} seed {seed}: indices must be distinct ints in "
                          f"[0, {len(ids)}), got e.g. {bad[:5] or 'duplicates'}")
@@ -101,8 +102,13 @@ def load_split(train_ann, train_images, labeled_percent=None, split_seed=1, spli
     - otherwise (None or 100): all of train_ann labeled, no unlabeled set.
     """
     if labeled_ann is not None:
+        labeled = CocoDetection(labeled_ann, train_images)
         unlabeled = CocoDetection(unlabeled_ann, train_images) if unlabeled_ann else None
-        return CocoDetection(labeled_ann, train_images), unlabeled
+        if unlabeled is not None and unlabeled.num_boxes() and (
+                (unlabeled.label_to_cat_id, unlabeled.class_names) != (labeled.label_to_cat_id, labeled.class_names)):
+            warnings.warn(f"{unlabeled_ann}: its categories differ from {labeled_ann}'s: the pseudo-label "
+                          "diagnostics, which measure the teacher's detections against its boxes, mean nothing")
+        return labeled, unlabeled
     full = CocoDetection(train_ann, train_images)
     if split_file is not None:
         if labeled_percent is None:

@@ -398,6 +398,7 @@ def generate(out_dir, num_train=200, num_val=50, seed=0, image_size=128,
 
 
 def main(argv=None):
+    from sed.config import check_writable_dir
     from sed.errors import ArgumentParser, UserError, user_errors
     p = ArgumentParser(description="Write a synthetic COCO-format shapes data set.",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -422,10 +423,12 @@ def main(argv=None):
               (args.num_val >= 1, f"--num-val: must be >= 1, got {args.num_val}"),
               # 16 px: the smallest width at which the shapes render (design choice: checked here)
               (args.image_size >= 16, f"--image-size: must be >= 16 pixels, got {args.image_size}"),
-              (min(args.height_ratios) > 0, f"--height-ratios: must be positive, got {args.height_ratios}"),
+              (all(args.image_size * r >= 16 and r <= 4 for r in args.height_ratios),
+               f"--height-ratios: image heights must be 16 px to 4x the width, got {args.height_ratios}"),
               (0 <= args.empty_fraction <= 1, f"--empty-fraction: must be in [0, 1], got {args.empty_fraction}"),
-              (not Path(args.out).exists() or Path(args.out).is_dir(), f"{args.out}: exists and is not a directory")]
+              (args.seed >= 0, f"--seed: must be >= 0 (numpy's generators), got {args.seed}")]
     with user_errors(args.debug):
+        check_writable_dir(args.out, "OUT")
         for ok, message in checks:
             if not ok:
                 raise UserError(message)

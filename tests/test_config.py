@@ -5,7 +5,7 @@ import re
 import pytest
 import torch
 
-from sed.config import (TrainConfig, build_parser, changed_sed_settings, check_device, check_writable_dir,
+from sed.config import (TrainConfig, build_parser, changed_settings, check_device, check_writable_dir,
                         check_writable_file, from_dict, parse_args, validate)
 from sed.errors import UserError
 
@@ -53,13 +53,18 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--method", "sed", "--no-hard-pseudo-labels"], "--no-hard-pseudo-labels needs --distill (without the soft "
      "self-distillation the hard labels are the teacher's only signal to the student); --distill "
      "--no-hard-pseudo-labels is SED as Figure 1 draws it"),
-    (["--checkpoint-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 0, 20 and 8"),
+    (["--checkpoint-every", "0"],
+     "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 0, 20 and 8"),
     (["--log-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 5000, 0 and 8"),
     (["--momentum", "-1"], "--momentum, --weight-decay and --grad-clip must be >= 0"),
     (["--workers", "-1"], "--workers must be >= 0 (0 = load in the main process), got -1"),
     (["--min-size", "800", "--max-size", "600"], "--max-size must be >= --min-size, got 600 and (800,)"),
     (["--roi-batch-size", "0"], "--roi-batch-size, --box-head-dim and --fpn-channels must be >= 1"),
     (["--val-ann", "v.json"], "--val-ann and --val-images go together (evaluation needs both)"),
+    (["--unlabeled-ann", "u.json"], "--unlabeled-ann needs --labeled-ann (the two ready-made parts go together; "
+     "images beside a percent split: --unlabeled-images)"),
+    (["--labeled-ann", "l.json", "--labeled-percent", "10"],
+     "--labeled-ann is the labeled part: it takes no --labeled-percent or --split-file"),
 ])
 def test_validation_messages(argv, message, capsys):
     with pytest.raises(SystemExit) as stop:
@@ -134,10 +139,16 @@ def test_help_is_grouped_and_every_flag_is_in_one_group():
     assert text.index("\nSED:\n") < text.index("--ema-momentum") < text.index("\nevaluation and logging:\n")
 
 
-def test_changed_sed_settings_name_what_a_resume_changes():
-    """A resumed SED run is warned of each SED setting that differs from its checkpoint's config (a default
-    that changed since it started included), and of nothing else."""
+def test_changed_settings_name_what_a_resume_changes():
+    """A resumed run is warned of each setting that differs from its checkpoint's config and would change
+    the run (a default that changed since it started included), and of nothing else."""
     saved = dataclasses.asdict(TrainConfig(method="sed", distill=True))  # as train.py's checkpoint holds it
-    assert changed_sed_settings(saved, TrainConfig(method="sed")) == ["--distill True -> False"]
-    assert changed_sed_settings(saved, TrainConfig(method="sed", distill=True, lr=0.1)) == []  # not an SED setting
-    assert changed_sed_settings({**saved, "method": "supervised"}, TrainConfig(method="sed")) == []  # burn-in -> SED
+    assert changed_settings(saved, TrainConfig(method="sed")) == ["--distill True -> False"]
+    assert changed_settings(saved, TrainConfig(method="sed", distill=True, lr=0.1)) == []  # the schedule: not named
+    assert changed_settings({**saved, "method": "supervised"}, TrainConfig(method="sed")) == []  # burn-in -> SED
+    assert changed_settings(saved, TrainConfig(method="sed", distill=True, labeled_percent=5, batch_size=4)) == [
+        "--labeled-percent 100.0 -> 5", "--batch-size 0 -> 4"]
+    assert changed_settings(saved, TrainConfig(method="supervised")) == [
+        "--method sed -> supervised (its teacher is not used)"]
+
+

@@ -235,13 +235,14 @@ def test_categories_sharing_a_name_warn(tmp_path):
 def test_sections_must_be_lists_of_objects(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"images": [_img(1)], "annotations": {"1": _ann(1, 1, 5, [0, 0, 5, 5])},
                                                  "categories": CATS}))
-    with pytest.raises(UserError, match=r"a.json: not a COCO annotation file \('annotations' is not a list of objects\)"):
+    with pytest.raises(UserError,
+                       match=r"a.json: not a COCO annotation file \('annotations' is not a list of objects\)"):
         CocoDetection(tmp_path / "a.json", tmp_path)
 
 
 def test_json_that_is_not_utf8(tmp_path):
-    (tmp_path / "a.json").write_bytes(json.dumps({"images": [], "annotations": [],
-                                                  "categories": [{"id": 1, "name": "X"}]}).encode().replace(b"X", b"\xe9"))
+    text = json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "X"}]})
+    (tmp_path / "a.json").write_bytes(text.encode().replace(b"X", b"\xe9"))   # Latin-1 e-acute
     with pytest.raises(UserError, match=r"a.json: not UTF-8 text, as JSON must be \(byte \d+\); re-save it as UTF-8"):
         CocoDetection(tmp_path / "a.json", tmp_path)
 
@@ -270,6 +271,17 @@ def test_image_modes_become_rgb(tmp_path):
         assert image.shape == (3, h, w) and image.dtype == torch.float32
         assert target["orig_size"] == (h, w)
     assert torch.all(ds[0][0] == 1.0)
+
+
+def test_image_over_pils_pixel_guard_is_one_line(tmp_path, monkeypatch):
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [])
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40 * 30 // 2 - 1)   # PIL refuses above twice this
+    ds = CocoDetection(ann_file, image_dir)
+    for check in (lambda: ds[0], lambda: verify_images([ds], workers=1, progress=False),
+                  lambda: ImageFolderDetection(image_dir).sizes()):
+        with pytest.raises(UserError, match=r"1.png: .*too large for PIL's guard against decompression bombs "
+                           r"\(Image size \(1200 pixels\) exceeds limit .*\); tile the image"):
+            check()
 
 
 def test_16_bit_grayscale_is_scaled_to_8_bits(tmp_path):

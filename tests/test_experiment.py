@@ -125,6 +125,19 @@ def test_summary_names_a_folder_without_runs(tmp_path):
         summary([str(tmp_path)])
 
 
+def test_a_malformed_record_and_a_failed_run_are_one_line(tmp_path, capsys):
+    (tmp_path / "sed_seed0.json").write_text('{"row": "sed", ')
+    with pytest.raises(SystemExit, match=r"sed_seed0.json: not a run record of sed.experiment$"):
+        load_results(tmp_path)
+    failing = ["-c", "import sys; print('progress'); print('error: --seed: must be >= 0'); sys.exit(1)"]
+    with pytest.raises(SystemExit, match=r"run.log: train.py stopped with exit status 1: error: --seed: must be >= 0$"):
+        sed.experiment.run(failing, tmp_path / "run.log")
+    with pytest.raises(SystemExit):
+        parse_args(["--parallel", "0"])
+    assert capsys.readouterr().err == ("error: --seeds must be >= 0, --parallel >= 1 and --image-size a multiple of "
+                                       "64, got [0, 1, 2], 0 and 128\n")
+
+
 def test_the_rows_on_hard_labels_compare_with_the_row_above_in_their_own_chain(tmp_path):
     """teacher_student -> ts+distill -> ts+scale -> sed_hard; sed_hard is also reported against sed."""
     for row, ap in [("supervised", 10.0), ("teacher_student", 12.0), ("sed", 13.0), ("ts+distill", 12.5),

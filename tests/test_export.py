@@ -9,7 +9,7 @@ from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
 import sed
 from sed import export
-from sed.checkpoint import save_checkpoint
+from sed.checkpoint import load_checkpoint, save_checkpoint
 from sed.config import TrainConfig
 
 
@@ -124,6 +124,15 @@ def test_narrow_fpn_is_a_one_line_error(ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         export.main([str(tmp_path / "fpn64.pt"), str(tmp_path / "x.pth")])
     assert stop.value.code == 1
-    assert capsys.readouterr().err == ("error: this checkpoint has a 64-channel FPN (--fpn-channels); torchvision's "
+    assert capsys.readouterr().err == ("error: --fpn-channels: this checkpoint has a 64-channel FPN; torchvision's "
                                        "resnet_fpn_backbone has 256 channels, so it cannot be exported\n")
     assert not (tmp_path / "x.pth").exists()
+    (tmp_path / "file").write_text("")
+    for out, message in [(tmp_path / "fpn64.pt", f"error: {tmp_path / 'fpn64.pt'}: is the checkpoint itself; "
+                          "write the export to another file\n"),
+                         (tmp_path / "file" / "x.pth",
+                          f"error: out: {tmp_path / 'file'} exists and is not a directory\n")]:
+        with pytest.raises(SystemExit):
+            export.main([str(tmp_path / "fpn64.pt"), str(out)])
+        assert capsys.readouterr().err == message
+    assert load_checkpoint(tmp_path / "fpn64.pt")["config"]["fpn_channels"] == 64   # untouched

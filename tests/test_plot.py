@@ -77,6 +77,11 @@ def test_bad_line_names_file_and_line(tmp_path):
     (tmp_path / "log.jsonl").write_text('{"iteration": 1}\n{"iteration": 2,\n')
     with pytest.raises(ValueError, match=r"log.jsonl line 2: not valid JSON"):
         read_jsonl(tmp_path / "log.jsonl")
+    (tmp_path / "log.jsonl").write_text('{"iteration": 1}\n{"iteration": 2, "lo')   # being written, or killed
+    assert read_jsonl(tmp_path / "log.jsonl") == [{"iteration": 1}]
+    (tmp_path / "dir.jsonl").mkdir()
+    with pytest.raises(ValueError, match=r"dir.jsonl: cannot read it as a log \(\[Errno 21\] Is a directory"):
+        read_jsonl(tmp_path / "dir.jsonl")
 
 
 def test_module_entry_point(run_dir):

@@ -62,6 +62,17 @@ def test_load_split_cases(tmp_path):
     assert lab.image_ids == unl.image_ids == full.image_ids
 
 
+def test_ready_made_parts_with_other_categories_warn(tmp_path):
+    """The unlabeled file's boxes only measure the pseudo-labels: with other categories that means nothing."""
+    paths = synthetic.generate(tmp_path, num_train=6, num_val=1, seed=0, image_size=32)
+    coco = json.loads(paths["train_ann"].read_text())
+    coco["categories"] = [{**c, "name": c["name"].upper()} for c in coco["categories"]]
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(coco))
+    with pytest.warns(UserWarning, match=r"other.json: its categories differ from .*train.json's: the pseudo-label"):
+        load_split(None, paths["train_images"], labeled_ann=paths["train_ann"], unlabeled_ann=other)
+
+
 @pytest.mark.parametrize("n, percent, expected", [(118287, 10, 11828), (118287, 1, 1182), (15, 10, 1),
                                                   (100, 29, 28)])
 def test_percent_split_truncates_as_soft_teacher(n, percent, expected):

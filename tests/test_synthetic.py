@@ -58,6 +58,18 @@ def test_cli_writes_layout(tmp_path):
     assert (tmp_path / "val" / "000000.png").exists()
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--height-ratios", "0.001"], "--height-ratios: image heights must be 16 px to 4x the width, got [0.001]"),
+    (["--height-ratios", "1e9"], "--height-ratios: image heights must be 16 px to 4x the width, got [1000000000.0]"),
+    (["--seed", "-1"], "--seed: must be >= 0 (numpy's generators), got -1"),
+])
+def test_cli_checks_are_one_line(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit) as stop:
+        synthetic.main([str(tmp_path / "out"), "--num-train", "2", "--num-val", "1", *flags])
+    assert stop.value.code != 0 and capsys.readouterr().err == f"error: {message}\n"
+    assert not (tmp_path / "out").exists()
+
+
 def test_every_family_shape_fills_its_box_to_the_borders():
     """The box of an annotation is the shape's extent: each mask touches all four borders."""
     for family in synthetic.FAMILIES.values():

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from sed.checkpoint import load_checkpoint
+from sed.data import CocoDetection
+from sed.splits import detectron2_image_ids
 from sed.synthetic import generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +186,7 @@ def test_sed_resume_is_exact_with_the_teacher(data, tmp_path, capsys):
     capsys.readouterr()
     changed = [f for f in flags if f != "--distill"]  # today's default, not the checkpoint's setting
     train.main(argv(data, tmp_path / "changed", 3, *changed, "--resume", str(tmp_path / "split" / "last.pt")))
-    assert "warning: --resume: this run's SED settings differ from the checkpoint's (--distill True -> False)" \
+    assert "warning: --resume: this run's settings differ from the checkpoint's (--distill True -> False)" \
         in capsys.readouterr().err
     train.main(argv(data, tmp_path / "split", 3, *flags, "--resume", str(tmp_path / "split" / "last.pt")))
     assert "warning" not in capsys.readouterr().err  # the same SED settings as the checkpoint's
@@ -196,6 +198,9 @@ def test_sed_resume_is_exact_with_the_teacher(data, tmp_path, capsys):
     log = [json.loads(line) for line in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
     assert "loss_rpn_distill_cls" not in log[0]  # iteration 1 is the burn-in
     assert {"loss_rpn_distill_cls", "loss_roi_distill_reg", "loss_scale_rpn_cls", "loss_scale_roi_cls"} <= set(log[2])
+    train.main(argv(data, tmp_path / "again", 3, *flags, "--resume", str(tmp_path / "full" / "last.pt")))
+    assert ("warning: --resume: the checkpoint is at iteration 3, --max-iter is 3: nothing to train; raise "
+            "--max-iter to go on") in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("switches", [["--no-distill", "--no-scale-consistency", "--no-reweight"],
@@ -216,10 +221,15 @@ def test_sed_ablations_run_and_evaluate_teacher_and_student(data, tmp_path, swit
 
 
 def test_sed_needs_unlabeled_images(data, tmp_path, capsys):
-    with pytest.raises(SystemExit) as stop:
-        train.main(argv(data, tmp_path, 1, "--method", "sed"))
-    assert stop.value.code == 1
-    assert capsys.readouterr().err.startswith("error: --method: sed needs unlabeled images: give")
+    """None at all, or a split file whose labeled list takes every image: one line, not a sampler's error."""
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"50": {"1": list(range(len(detectron2_image_ids(
+        CocoDetection(data["train_ann"], data["train_images"])))))}}))
+    for flags in (["--method", "sed"], ["--method", "sed", "--split-file", str(split), "--labeled-percent", "50"]):
+        with pytest.raises(SystemExit) as stop:
+            train.main(argv(data, tmp_path, 1, *flags))
+        assert stop.value.code == 1
+        assert capsys.readouterr().err.startswith("error: --method: sed needs unlabeled images: give")
 
 
 @pytest.mark.parametrize("method", ["supervised", "sed"])

@@ -2,13 +2,14 @@
 --unlabeled-ann; the pseudo-label diagnostics skip its images (they have no ground truth)."""
 import importlib.util
 import json
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from sed.data import CocoDetection, ConcatDetection, ImageFolderDetection, load_rgb
+from sed.data import CocoDetection, ConcatDetection, ImageFolderDetection, load_rgb, warn_shared_images
 from sed.errors import UserError
 from sed.synthetic import generate
 
@@ -59,6 +60,18 @@ def test_concatenation_with_an_annotated_pool(data, photos):
     assert both.aspect_ratios() == coco.aspect_ratios() + folder.aspect_ratios()
     assert torch.equal(both[(9, True)][0], folder[(1, True)][0])
     assert torch.equal(both[(7, False)][1]["boxes"], coco[(7, False)][1]["boxes"])
+
+
+def test_images_in_both_parts_warn(data, photos):
+    coco = CocoDetection(data["train_ann"], data["train_images"])
+    with pytest.warns(UserWarning, match=r"^8 labeled images are among the unlabeled ones too, and 0 unlabeled"):
+        warn_shared_images(coco, ImageFolderDetection(data["train_images"]))   # --unlabeled-images: the same folder
+    folder = ImageFolderDetection(photos)
+    with pytest.warns(UserWarning, match=r"^0 labeled images .*, and 5 unlabeled images are listed more than once"):
+        warn_shared_images(coco, ConcatDetection([folder, folder]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_shared_images(coco, folder)   # disjoint: no warning
 
 
 def test_empty_or_missing_folder_is_a_user_error(tmp_path):
