@@ -217,7 +217,8 @@ def train(cfg):
     if cfg.unlabeled_images:  # a folder of photos, no JSON: added to the unlabeled part (if any)
         folder = ImageFolderDetection(cfg.unlabeled_images)
         unlabeled = folder if unlabeled is None else ConcatDetection([unlabeled, folder])
-    warn_shared_images(labeled, unlabeled)
+    if cfg.method == "sed":   # supervised training leaves the unlabeled part out
+        warn_shared_images(labeled, unlabeled)
     val = CocoDetection(cfg.val_ann, cfg.val_images) if cfg.val_ann else None
     if cfg.num_classes and cfg.num_classes != labeled.num_classes:
         raise UserError(f"--num-classes: wrong class count: --num-classes {cfg.num_classes} but the "

@@ -160,7 +160,14 @@ def _crowd_and_area(ann_file, anns, xywh):
     """Every annotation's "iscrowd" (0 or 1) and "area" (COCOeval's size ranges), which COCOeval reads
     from each annotation: a missing (or null) one is filled in, in the annotation too, as detectron2
     reads and writes COCO (iscrowd 0, area = box w * h); any other value than a number is a UserError
-    naming the annotation. xywh: [A, 4] the checked boxes. Returns (iscrowd [A], area [A]) lists."""
+    naming the annotation. xywh: [A, 4] the checked boxes. Returns (iscrowd [A], area [A]) lists.
+
+    As _boxes_array: one numpy check of all values (a file of train2017's size: 0.1 s), and only when it
+    fails a per-annotation loop that fills in or names the first offender.
+    """
+    crowd, area = [a.get("iscrowd") for a in anns], [a.get("area") for a in anns]
+    if _numbers(crowd, lambda v: (v == 0) | (v == 1)) and _numbers(area, lambda v: np.isfinite(v) & (v >= 0)):
+        return crowd, area
     for ann, (w, h) in zip(anns, xywh[:, 2:].tolist()):
         if ann.get("iscrowd") is None:
             ann["iscrowd"] = 0
@@ -172,6 +179,15 @@ def _crowd_and_area(ann_file, anns, xywh):
         if not (type(area) in (int, float) and math.isfinite(area) and area >= 0):
             raise UserError(f"{ann_file}: annotation {ann['id']} has area {json.dumps(area)}, not a number >= 0")
     return [a["iscrowd"] for a in anns], [a["area"] for a in anns]
+
+
+def _numbers(values, valid):
+    """True when values (a list) are all numbers (no None, string or list) for which valid(array) holds."""
+    try:
+        array = np.array(values)
+    except (ValueError, TypeError):   # ragged lists
+        return False
+    return array.shape == (len(values),) and array.dtype.kind in "biuf" and bool(valid(array.astype(float)).all())
 
 
 # EXIF orientation -> the transpose that shows the stored pixels as displayed (Pillow's exif_transpose)
