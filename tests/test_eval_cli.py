@@ -136,6 +136,9 @@ def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
     (["--val-ann", "{ann}", "--val-images", "{empty}/nope"], "--val-images: directory not found"),
     (["--images", "{photos}", "--score-thr", "1.5"], "--score-thr must be in [0, 1] (a score), got 1.5"),
     (["--images", "{photos}", "--json", "m.json"], "need --val-ann"),
+    (["--images", "{photos}", "--batch-size", "0"], "--batch-size must be >= 1 and --workers >= 0, got 0 and 0"),
+    (["--images", "{photos}", "--dets", "{empty}"], "--dets: {empty} is a directory, not a file"),
+    (["--images", "{photos}", "--device", "gpu"], "--device: 'gpu' is not a device (cpu, cuda or cuda:N)"),
 ])
 def test_bad_arguments(setup, tmp_path, capsys, args, message):
     data, ckpt = setup
@@ -144,7 +147,15 @@ def test_bad_arguments(setup, tmp_path, capsys, args, message):
     paths = {"empty": tmp_path / "empty", "ann": data["val_ann"], "photos": data["val_images"]}
     with pytest.raises(SystemExit):
         run(ckpt, *[a.format(**paths) for a in args])
-    assert message in capsys.readouterr().err
+    assert message.format(**paths) in capsys.readouterr().err
+
+
+def test_detections_of_the_current_folder_go_beside_it(setup, monkeypatch):
+    """--images . writes FOLDER_detections.json next to the folder, not a hidden ._detections.json in it."""
+    data, ckpt = setup
+    monkeypatch.chdir(data["val_images"])
+    args = eval_script.parse_args(["--ckpt", str(ckpt), "--images", "."])
+    assert args.dets == str(data["val_images"].resolve()) + "_detections.json"
 
 
 def test_unreadable_image_in_folder_is_a_one_line_error(setup, folder, capsys):

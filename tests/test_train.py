@@ -220,6 +220,13 @@ def test_sed_ablations_run_and_evaluate_teacher_and_student(data, tmp_path, swit
     assert [m["model"] for m in metrics] == ["teacher", "student"]
 
 
+def test_a_batch_larger_than_the_labeled_images_warns_in_one_line(data, tmp_path, capsys):
+    train.main(argv(data, tmp_path, 1, "--labeled-percent", "25", "--batch-size", "4"))
+    err = capsys.readouterr().err
+    assert "warning: --batch-size 4 is more than the 3 labeled images: images repeat within a batch\n" in err
+    assert "UserWarning" not in err   # not Python's two-line format
+
+
 def test_sed_needs_unlabeled_images(data, tmp_path, capsys):
     """None at all, or a split file whose labeled list takes every image: one line, not a sampler's error."""
     split = tmp_path / "split.json"
