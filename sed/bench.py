@@ -48,8 +48,8 @@ PARTS = {"sed": ("SED", "sed step"), "sed-teacher-rois": ("SED teacher rois", "s
          "sed-figure1": ("SED fig.1", "sed step, figure 1")}  # --parts name -> (printed name, SED_STEPS kind)
 
 
-def make_inputs(batch_size, height, width, device, seed=0):
-    """Random images with four random boxes each (labels 1..5)."""
+def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
+    """Random images with four random boxes each (labels 1..min(5, num_classes))."""
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(batch_size):
@@ -57,7 +57,7 @@ def make_inputs(batch_size, height, width, device, seed=0):
         xy = torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.6
         wh = 16 + torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.3
         targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device),
-                        "labels": torch.randint(1, 6, (4,), generator=g).to(device)})
+                        "labels": torch.randint(1, min(5, num_classes) + 1, (4,), generator=g).to(device)})
     return images, targets
 
 
@@ -79,7 +79,7 @@ def make_step(kind, which, args, state, device):
     if kind in SED_STEPS or kind == "supervised, same images":
         return make_sed_or_supervised_step(kind, args, state, device)
     model = (our_model if which == "ours" else torchvision_model)(args, state).to(device)
-    images, targets = make_inputs(args.batch_size, args.height, args.width, device)
+    images, targets = make_inputs(args.batch_size, args.height, args.width, device, num_classes=args.num_classes)
     if kind == "inference":
         model.eval()
 
@@ -102,7 +102,8 @@ def make_sed_or_supervised_step(kind, args, state, device):
     cfg = TrainConfig(device=str(device), dtype=args.dtype, burn_in_iters=0, **SED_STEPS.get(kind, {}))
     model = our_model(args, state).to(device).train()
     objective = SEDObjective(model, cfg)
-    images, targets = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device)
+    images, targets = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device,
+                                  num_classes=args.num_classes)
     if kind in SED_STEPS:
         teacher = make_teacher(model)
         run = lambda: train.sed_step(objective, teacher, model, images[:SED_LABELED], targets[:SED_LABELED],
@@ -226,9 +227,9 @@ def main(argv=None):
     parser.add_argument("--data-batches", type=int, default=10000, help="--data: batches of the worker curve")
     parser.add_argument("--data-images", type=int, default=bench_data.NUM_IMAGES, help="--data: images")
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.data_images < 1 or args.num_classes < 5:
-        parser.error(f"--repeats and --data-images must be >= 1 and --num-classes >= 5 (the inputs' labels are "
-                     f"1..5), got {args.repeats}, {args.data_images} and {args.num_classes}")
+    if min(args.repeats, args.data_images, args.num_classes) < 1:
+        parser.error(f"--repeats, --data-images and --num-classes must be >= 1, got {args.repeats}, "
+                     f"{args.data_images} and {args.num_classes}")
     if args.data:
         return bench_data.main(args.data_dir, args.repeats, args.data_batches, args.data_images)
     device = torch.device(args.device)

@@ -141,13 +141,11 @@ def _boxes_array(ann_file, anns):
     non-finite value does a per-annotation loop look for the first offender to name it.
     """
     boxes = [a.get("bbox") for a in anns]
-    try:
-        array = np.array(boxes)   # dtype inferred: numbers -> int64/float64; a string or null -> not numeric
-        ok = array.shape == (len(anns), 4) and array.dtype.kind in "biuf" and np.isfinite(array).all()
-    except (ValueError, TypeError):   # ragged lists
-        ok = False
-    if ok or not anns:
-        return array.astype(np.float64).reshape(-1, 4)
+    if not anns:
+        return np.zeros((0, 4))
+    array = _numeric(boxes, (len(anns), 4), np.isfinite)
+    if array is not None:
+        return array
     for ann, box in zip(anns, boxes):
         if not (isinstance(box, list) and len(box) == 4
                 and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
@@ -166,7 +164,8 @@ def _crowd_and_area(ann_file, anns, xywh):
     fails a per-annotation loop that fills in or names the first offender.
     """
     crowd, area = [a.get("iscrowd") for a in anns], [a.get("area") for a in anns]
-    if _numbers(crowd, lambda v: (v == 0) | (v == 1)) and _numbers(area, lambda v: np.isfinite(v) & (v >= 0)):
+    if (_numeric(crowd, (len(anns),), lambda v: (v == 0) | (v == 1)) is not None
+            and _numeric(area, (len(anns),), lambda v: np.isfinite(v) & (v >= 0)) is not None):
         return crowd, area
     for ann, (w, h) in zip(anns, xywh[:, 2:].tolist()):
         if ann.get("iscrowd") is None:
@@ -181,13 +180,17 @@ def _crowd_and_area(ann_file, anns, xywh):
     return [a["iscrowd"] for a in anns], [a["area"] for a in anns]
 
 
-def _numbers(values, valid):
-    """True when values (a list) are all numbers (no None, string or list) for which valid(array) holds."""
+def _numeric(values, shape, valid):
+    """values (lists) as a float64 array of `shape` when all are numbers (no None, string or ragged list)
+    and valid(array) holds everywhere; else None, and the caller's loop names the first offender."""
     try:
-        array = np.array(values)
+        array = np.array(values)   # dtype inferred: numbers -> int64/float64; a string or null -> not numeric
     except (ValueError, TypeError):   # ragged lists
-        return False
-    return array.shape == (len(values),) and array.dtype.kind in "biuf" and bool(valid(array.astype(float)).all())
+        return None
+    if array.shape != shape or array.dtype.kind not in "biuf":
+        return None
+    array = array.astype(np.float64)
+    return array if valid(array).all() else None
 
 
 # EXIF orientation -> the transpose that shows the stored pixels as displayed (Pillow's exif_transpose)

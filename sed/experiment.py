@@ -76,6 +76,7 @@ import torch
 import sed.config
 from sed.checkpoint import load_checkpoint
 from sed.errors import ArgumentParser
+from sed.plot import read_jsonl
 from sed.synthetic import FAMILIES, generate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,10 +189,6 @@ def run(cmd, log_path):
     if status:   # its last line: train.py's one-line error, or the end of a traceback
         last = next((line for line in reversed(log_path.read_text().splitlines()) if line.strip()), "")
         raise SystemExit(f"error: {log_path}: train.py stopped with exit status {status}: {last.strip()}")
-
-
-def read_jsonl(path):
-    return [json.loads(line) for line in Path(path).read_text().splitlines()]
 
 
 def run_record(run_dir, row, seed, cmd, minutes):

@@ -1,11 +1,13 @@
 """make bench's --parts: which comparisons run (the comparisons themselves are measurements, not tests)."""
+import torch
+
 from sed import bench
 
 
 def run_parts(monkeypatch, parts):
     calls = []
     monkeypatch.setattr(bench, "compare", lambda kind, sides, *rest: calls.append((kind, [s[2] for s in sides])))
-    bench.main(["--parts", *parts, "--num-classes", "5"])   # the fewest: the inputs have labels 1..5
+    bench.main(["--parts", *parts, "--num-classes", "2"])
     return calls
 
 
@@ -27,3 +29,12 @@ def test_compare_speed_reverses_the_order_every_other_round_and_drops_the_warm_u
 
 def test_round_ratios_compare_within_rounds():
     assert bench.round_ratios([2.0, 3.0, 8.0], [1.0, 2.0, 4.0]) == (2.0, 1.5, 2.0)
+
+
+def test_inputs_have_labels_of_the_model_s_classes():
+    """Labels 1..5, or 1..C for fewer classes; with 5 or more classes the same inputs whatever C."""
+    _, few = bench.make_inputs(3, 64, 64, "cpu", num_classes=2)
+    assert {int(v) for t in few for v in t["labels"]} <= {1, 2}
+    _, five = bench.make_inputs(3, 64, 64, "cpu", num_classes=5)
+    _, many = bench.make_inputs(3, 64, 64, "cpu")
+    assert all(torch.equal(a["labels"], b["labels"]) and torch.equal(a["boxes"], b["boxes"]) for a, b in zip(five, many))
