@@ -10,13 +10,13 @@ The model is rebuilt from the checkpoint's config (classes, backbone, sizes); SE
 are evaluated with the EMA teacher unless --model student.
 --val-ann: prints the 12 COCOeval numbers, writes them (percent) to --json and the detections
 (COCO results format) to --dets.
---images FOLDER: no metrics; the detections of every jpg/jpeg/png/bmp/webp file of FOLDER (sorted
-by name, hidden files skipped) go to --dets (default FOLDER_detections.json, next to the folder),
-COCO results format plus "file_name"; image_id is the index in the sorted order, category_id the
-checkpoint's COCO ids.
+--images FOLDER: no metrics; the detections of every jpg/jpeg/png/bmp/webp file of FOLDER and its
+subfolders (sorted by path, hidden files skipped; as train.py --unlabeled-images) go to --dets
+(default FOLDER_detections.json, next to the folder), COCO results format plus "file_name" (the path
+relative to FOLDER); image_id is the index in the sorted order, category_id the checkpoint's COCO ids.
 --visualize DIR: the first --max-images pictures with detections >= --score-thr (red, "name
 score") and, for --val-ann, the ground truth (green), as DIR/<image_id>.png (--val-ann) or
-DIR/<file name>.png (--images).
+DIR/<relative path>.png (--images).
 """
 import json
 import os
@@ -28,15 +28,10 @@ import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint, load_weights
 from sed.config import check_device, check_writable_dir, check_writable_file, from_dict, model_options
-from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, is_image_file, load_rgb
+from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, image_files, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
 from sed.visualize import visualize_dataset
-
-def image_files(folder):
-    """The image files of `folder` (not recursive; the extensions of --unlabeled-images), sorted by name."""
-    return sorted(p for p in Path(folder).iterdir() if is_image_file(p))
-
 
 class ImageFolder(torch.utils.data.Dataset):
     """The images of a folder with the interface of sed.data.CocoDetection that predict() and
@@ -44,6 +39,7 @@ class ImageFolder(torch.utils.data.Dataset):
     {"boxes": [0,4], "labels": [0], "image_id": i, "file_name"}), class_names, label_to_cat_id."""
 
     def __init__(self, folder, class_names, label_to_cat_id):
+        self.folder = Path(folder)
         self.files = image_files(folder)
         self.class_names, self.label_to_cat_id = class_names, label_to_cat_id
 
@@ -53,7 +49,11 @@ class ImageFolder(torch.utils.data.Dataset):
     def __getitem__(self, index):
         image = load_rgb(self.files[index])  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
         return image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                       "image_id": index, "file_name": self.files[index].name}
+                       "image_id": index, "file_name": self.relative_name(index)}
+
+    def relative_name(self, index):
+        """The file's path relative to the folder, e.g. "street/photo.jpg"."""
+        return str(self.files[index].relative_to(self.folder))
 
 
 def parse_args(argv=None):
@@ -68,8 +68,8 @@ def parse_args(argv=None):
     p.add_argument("--dets", default="", help="write the detections (COCO results format) here; "
                                               "with --images default FOLDER_detections.json")
     p.add_argument("--visualize", default="", metavar="DIR", help="write pictures with the detections here")
-    p.add_argument("--score-thr", type=float, default=0.5, help="--visualize draws detections >= this score")
-    p.add_argument("--max-images", type=int, default=50, help="--visualize draws the first N images")
+    p.add_argument("--score-thr", type=float, help="--visualize draws detections >= this score (default 0.5)")
+    p.add_argument("--max-images", type=int, help="--visualize draws the first N images (default 50)")
     p.add_argument("--model", choices=("teacher", "student"), default=None,
                    help="which weights to evaluate; default: teacher when the checkpoint has one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
@@ -95,8 +95,15 @@ def parse_args(argv=None):
         if not os.path.isdir(args.images):
             p.error(f"--images: directory not found: {args.images}")
         if not image_files(args.images):
-            p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images}")
+            p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images} "
+                    "or its subfolders")
         args.dets = args.dets or str(Path(args.images).resolve()) + "_detections.json"   # beside the folder
+    picture_flags = [flag for flag, value in (("--score-thr", args.score_thr), ("--max-images", args.max_images))
+                     if value is not None]
+    if picture_flags and not args.visualize:
+        p.error(f"{' and '.join(picture_flags)} need --visualize (they choose what its pictures show)")
+    args.score_thr = 0.5 if args.score_thr is None else args.score_thr
+    args.max_images = 50 if args.max_images is None else args.max_images
     if not 0 <= args.score_thr <= 1:
         p.error(f"--score-thr must be in [0, 1] (a score), got {args.score_thr}")
     if args.max_images < 0:
@@ -173,7 +180,7 @@ def run(args):
         if dist_info.is_main:
             results.sort(key=lambda r: r["image_id"])  # stable: each image keeps its score order
             for r in results:
-                r["file_name"] = data.files[r["image_id"]].name
+                r["file_name"] = data.relative_name(r["image_id"])
             write_json(results, args.dets)
             print(f"{len(data)} images, {len(results)} detections -> {args.dets}")
 

@@ -63,7 +63,7 @@ from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporar
                             save_checkpoint, set_rng_state)
 from sed.config import changed_settings, describe_batch, model_options, parse_args, resolve_batch
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
-                      check_image_files, make_loader, verify_images, warn_shared_images)
+                      check_image_files, make_loader, verify_images, warn_shared_images, worker_batches)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
 from sed.errors import UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate
@@ -358,26 +358,28 @@ def train(cfg):
                   f"ground truth (--unlabeled-images) and are skipped; measured on {len(diagnostics_sample)}"
                   + ("" if with_truth else " (off: no unlabeled image has annotations)"))
 
-    # ---- data order: a pure function of (seed, rank, world_size, iteration) -> exact resume ----
-    sampler = TrainBatchSampler(labeled.aspect_ratios(), cfg.batch_size, cfg.seed, rank=dist_info.rank,
-                                world_size=dist_info.world_size, start_iter=iteration)
-    batches = iter(make_loader(labeled, sampler, cfg.workers, pin_memory=device.startswith("cuda")))
-    if teacher is not None:  # the unlabeled stream starts after the burn-in (it is unused before)
-        unlabeled_sampler = TrainBatchSampler(
-            unlabeled.aspect_ratios(), cfg.unlabeled_batch_size, cfg.seed + 1,
-            rank=dist_info.rank, world_size=dist_info.world_size,
-            start_iter=max(0, iteration - cfg.burn_in_iters))
-        unlabeled_batches = iter(make_loader(unlabeled, unlabeled_sampler, cfg.workers,
-                                             pin_memory=device.startswith("cuda")))
-    if cfg.resume:  # after the loader drew its seed from torch's RNG, so the stream continues exactly
-        rngs = ckpt["rng"]  # one per rank of the run that saved it
-        set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
-
-    objective.train()
-    bar = tqdm(total=cfg.max_iter, initial=iteration, disable=not master, dynamic_ncols=True)
-    t0 = time.perf_counter()
     stop = False  # a signal asked to stop (stop_requests): save, then exit
-    with stop_requests(announce=master, ctrl_c_twice_stops=not distributed.launched()) as received:
+    with stop_requests(announce=master, ctrl_c_twice_stops=not distributed.launched()) as received, \
+            contextlib.ExitStack() as loaders:   # the data loader workers end with the loop, also on an error
+        # ---- data order: a pure function of (seed, rank, world_size, iteration) -> exact resume ----
+        sampler = TrainBatchSampler(labeled.aspect_ratios(), cfg.batch_size, cfg.seed, rank=dist_info.rank,
+                                    world_size=dist_info.world_size, start_iter=iteration)
+        pin = device.startswith("cuda")
+        batches = loaders.enter_context(worker_batches(make_loader(labeled, sampler, cfg.workers, pin)))
+        if teacher is not None:  # the unlabeled stream starts after the burn-in (it is unused before)
+            unlabeled_sampler = TrainBatchSampler(
+                unlabeled.aspect_ratios(), cfg.unlabeled_batch_size, cfg.seed + 1,
+                rank=dist_info.rank, world_size=dist_info.world_size,
+                start_iter=max(0, iteration - cfg.burn_in_iters))
+            unlabeled_batches = loaders.enter_context(
+                worker_batches(make_loader(unlabeled, unlabeled_sampler, cfg.workers, pin)))
+        if cfg.resume:  # after the loader drew its seed from torch's RNG, so the stream continues exactly
+            rngs = ckpt["rng"]  # one per rank of the run that saved it
+            set_rng_state(rngs[dist_info.rank] if len(rngs) == dist_info.world_size else rngs[0])
+
+        objective.train()
+        bar = tqdm(total=cfg.max_iter, initial=iteration, disable=not master, dynamic_ncols=True)
+        t0 = time.perf_counter()
         for it in range(iteration, cfg.max_iter):
             images, targets = next(batches)
             images = [im.to(device, non_blocking=True) for im in images]
@@ -422,11 +424,12 @@ def train(cfg):
                 if done % cfg.log_every == 0 or done == cfg.max_iter:
                     log("log.jsonl", {"iteration": done, **values, "lr": lr, "data_time": round(data_time, 4),
                                       "step_time": round(step_time, 4)})
-            if done % cfg.checkpoint_every == 0 or done == cfg.max_iter or stop:
-                save(done)  # before the evaluation: a failing evaluation (a bad val image) loses no training
+            evaluate_now = (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter
+            if done % cfg.checkpoint_every == 0 or evaluate_now or stop:
+                save(done)  # before the evaluation: a failing one (a bad val image, a signal) loses no training
             if stop:
                 break
-            if (cfg.eval_every and done % cfg.eval_every == 0) or done == cfg.max_iter:
+            if evaluate_now:
                 with preserved_rng():  # the evaluation draws no number of the training's (exact resume)
                     run_eval(done)
             t0 = time.perf_counter()

@@ -144,7 +144,8 @@ class TrainConfig:
                                     "ground truth at each evaluation (measurement only); 0 = off", 64)
     # --- loop, logging, system ---
     eval_every: int = _help("evaluate every N iterations (and at the end); 0 = only at the end", 5000)
-    checkpoint_every: int = _help("write OUT/last.pt every N iterations (and at the end)", 5000)
+    checkpoint_every: int = _help("write OUT/last.pt every N iterations, before each evaluation and at the end",
+                                  5000)
     log_every: int = _help("write a line to OUT/log.jsonl every N iterations", 20)
     tensorboard: bool = _help("also write the logged scalars to OUT/tensorboard (needs tensorboard)", False)
     out: str = _help("output directory", "runs/train")

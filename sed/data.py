@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import threading
 import warnings
 from collections import Counter
 from collections.abc import Mapping
@@ -428,6 +429,11 @@ def is_image_file(path):
     return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
+def image_files(folder):
+    """The image files (is_image_file) of a folder and its subfolders, sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if is_image_file(p))
+
+
 class ImageFolderDetection(Dataset):
     """The images of a folder and its subfolders, without annotations: an unlabeled pool that needs
     no COCO JSON (`--unlabeled-images DIR`). The interface of CocoDetection that training uses:
@@ -441,7 +447,7 @@ class ImageFolderDetection(Dataset):
         self.image_dir = Path(image_dir)
         if not self.image_dir.is_dir():
             raise UserError(f"{self.image_dir}: directory not found (unlabeled images)")
-        self.paths = sorted(p for p in self.image_dir.rglob("*") if is_image_file(p))
+        self.paths = image_files(self.image_dir)
         if not self.paths:
             raise UserError(f"{self.image_dir}: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} images "
                             "in the folder or its subfolders")
@@ -655,23 +661,54 @@ class TrainBatchSampler:
         return itertools.islice(self._stream(), self.start_iter, None)
 
 
-def _leave_ctrl_c_to_the_main_process(worker_id):
-    """DataLoader worker_init_fn: SIGINT ignored. Ctrl-C signals the whole process group; the main process
-    then finishes its iteration, saves and shuts the workers down (train.stop_requests), while a worker
-    ended by it would fail the batch the main process still waits for. SIGTERM keeps its default: it is
-    how the main process (and Python's exit) ends its workers."""
+STOP_GRACE_S = 60  # design choice: how long a data loader worker goes on serving after a SIGTERM
+
+
+def _exit_quietly(*_):
+    """End a worker with exit status 0: torch's DataLoader fails the main process at once, wherever it
+    is, when a worker is killed by a signal, not when one exits normally."""
+    os._exit(0)
+
+
+def _serve_then_exit(signum, frame):
+    """A worker's first SIGTERM: it serves the batches already asked for, ends within STOP_GRACE_S, and at
+    once on a second SIGTERM."""
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    timer = threading.Timer(STOP_GRACE_S, _exit_quietly)
+    timer.daemon = True
+    timer.start()
+
+
+def _worker_signals(worker_id):
+    """DataLoader worker_init_fn. A signal to the whole process group (Ctrl-C: SIGINT; Slurm's scancel and
+    `kill -- -PGID`: SIGTERM) reaches the workers too, and a worker ended by it fails the main process in
+    the middle of its iteration; instead the main process finishes the iteration and saves last.pt
+    (train.stop_requests). SIGINT is ignored; a SIGTERM lets the worker serve the batch the main
+    process may be waiting for, then ends it (_serve_then_exit)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _serve_then_exit)
+
+
+@contextlib.contextmanager
+def worker_batches(loader):
+    """iter(loader), whose worker processes end with the block, also on an error: the error's traceback
+    would keep the iterator until Python's exit, whose SIGTERM the workers serve through for STOP_GRACE_S.
+    `_shutdown_workers` is what torch's iterator runs when it is deleted or exhausted."""
+    batches = iter(loader)
+    try:
+        yield batches
+    finally:
+        getattr(batches, "_shutdown_workers", lambda: None)()  # none without workers
 
 
 def make_loader(dataset, batch_sampler, workers, pin_memory=False):
     """Training DataLoader driven by a batch sampler of (index, flip) tuples."""
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=workers, collate_fn=collate,
-                      pin_memory=pin_memory, persistent_workers=workers > 0,
-                      worker_init_fn=_leave_ctrl_c_to_the_main_process)
+                      pin_memory=pin_memory, persistent_workers=workers > 0, worker_init_fn=_worker_signals)
 
 
 def make_eval_loader(dataset, batch_size, workers, rank=0, world_size=1):
     """Evaluation DataLoader over this rank's shard `indices[rank::world_size]`, fixed order."""
     indices = list(range(len(dataset)))[rank::world_size]
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, num_workers=workers,
-                      collate_fn=collate, worker_init_fn=_leave_ctrl_c_to_the_main_process)
+                      collate_fn=collate, worker_init_fn=_worker_signals)

@@ -8,7 +8,7 @@ import torch
 from pycocotools.cocoeval import COCOeval
 from tqdm import tqdm
 
-from sed.data import make_eval_loader
+from sed.data import make_eval_loader, worker_batches
 from sed.distributed import DistInfo, all_gather_objects
 
 # Names of COCOeval.stats[0..11], in its order (pycocotools cocoeval.py, summarize()).
@@ -41,11 +41,13 @@ def predict(model, dataset, device, dtype="float32", batch_size=8, workers=2, di
     was_training = model.training
     model.eval()
     results = []
-    for images, targets in tqdm(loader, desc="eval", disable=not dist_info.is_main, leave=False):
-        with autocast(device, dtype):
-            outputs = model([im.to(device, non_blocking=True) for im in images])
-        for out, target in zip(outputs, targets):
-            results += to_coco_results(out, target["image_id"], dataset.label_to_cat_id)
+    with worker_batches(loader) as batches:
+        for images, targets in tqdm(batches, total=len(loader), desc="eval", disable=not dist_info.is_main,
+                                    leave=False):
+            with autocast(device, dtype):
+                outputs = model([im.to(device, non_blocking=True) for im in images])
+            for out, target in zip(outputs, targets):
+                results += to_coco_results(out, target["image_id"], dataset.label_to_cat_id)
     model.train(was_training)
     return results
 

@@ -73,6 +73,9 @@ def read_split_file(path, percent, seed, image_ids):
         raise UserError(f"{path}: no seed {seed} for percent {percent} in split file, "
                          f"available: {list(table[percent_key])}")
     indices = table[percent_key][seed_key]
+    if not isinstance(indices, list) or not indices:
+        raise UserError(f"{path}: percent {percent} seed {seed}: expected a non-empty list of the labeled images' "
+                        f"indices, got {json.dumps(indices)[:60]}")
     ids = list(image_ids)
     bad = [k for k in indices if not (type(k) is int and 0 <= k < len(ids))]   # true/false are not indices
     if bad or len(set(indices)) != len(indices):

@@ -1,7 +1,11 @@
 """sed.data: validation errors, label mapping, image modes, box handling, flip, samplers, loaders."""
 import itertools
 import json
+import multiprocessing
+import os
 import re
+import signal
+import time
 import warnings
 
 import numpy as np
@@ -9,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
+import sed.data
 from sed import synthetic
 from sed.data import (CocoDetection, ImageFolderDetection, TrainBatchSampler, collate, make_eval_loader,
-                      make_loader, verify_images)
+                      make_loader, verify_images, worker_batches)
 from sed.errors import UserError
 from sed.evaluation import coco_metrics
 
@@ -408,3 +413,57 @@ def test_loaders(tmp_path):
     seen = [[t["image_id"] for _, ts in make_eval_loader(val, 2, 0, rank=r, world_size=2)
              for t in ts] for r in range(2)]
     assert seen == [val.image_ids[0::2], val.image_ids[1::2]]
+
+
+class SlowNumbers(torch.utils.data.Dataset):
+    """Item i is i, ready after `seconds` (a batch the main process waits for)."""
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        time.sleep(self.seconds)
+        return i
+
+
+def test_a_worker_serves_its_batch_through_a_sigterm_then_exits_normally(monkeypatch):
+    """A SIGTERM to the process group (Slurm's scancel) reaches the workers too: the worker still delivers
+    the batch asked for, ends with status 0 after STOP_GRACE_S (a worker killed by a signal fails the
+    main process wherever it is), and at once on a second SIGTERM."""
+    monkeypatch.setattr(sed.data, "STOP_GRACE_S", 3)   # read by the forked worker
+    loader = torch.utils.data.DataLoader(SlowNumbers(0.5), batch_size=1, num_workers=1, prefetch_factor=1,
+                                         worker_init_fn=sed.data._worker_signals)
+    with worker_batches(loader) as batches:
+        assert next(batches).tolist() == [0]   # the worker is up; item 1 is being loaded
+        worker = multiprocessing.active_children()[0]
+        os.kill(worker.pid, signal.SIGTERM)
+        assert next(batches).tolist() == [1]
+        worker.join(timeout=10)
+        assert worker.exitcode == 0
+    loader = torch.utils.data.DataLoader(SlowNumbers(0), batch_size=1, num_workers=1,
+                                         worker_init_fn=sed.data._worker_signals)
+    with worker_batches(loader) as batches:
+        next(batches)
+        worker = multiprocessing.active_children()[0]
+        os.kill(worker.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(worker.pid, signal.SIGTERM)
+        worker.join(timeout=2)
+        assert worker.exitcode == 0
+
+
+def test_worker_batches_ends_the_workers_on_an_error():
+    """Without it an error's traceback keeps the iterator, and Python's exit waits STOP_GRACE_S on its
+    workers (their SIGTERM grace)."""
+    loader = torch.utils.data.DataLoader(SlowNumbers(0), batch_size=1, num_workers=2,
+                                         worker_init_fn=sed.data._worker_signals)
+    with pytest.raises(ZeroDivisionError):
+        with worker_batches(loader) as batches:
+            next(batches)
+            workers = multiprocessing.active_children()
+            assert len(workers) == 2
+            1 / 0
+    assert not any(w.is_alive() for w in workers)

@@ -241,12 +241,13 @@ def test_corrupt_image_during_training_then_resume(data, tmp_path):
 
 def test_failing_evaluation_keeps_the_checkpoint_of_its_iteration(data, tmp_path):
     """A val image whose size disagrees with its JSON is first read by the evaluation: one line naming
-    it, exit 1, and the iteration's checkpoint is already written (saved before the evaluation)."""
+    it, exit 1, and the iteration's checkpoint is already written: saved before every evaluation, due or
+    not (since stop 30)."""
     coco = json.loads(Path(data["val_ann"]).read_text())
     coco["images"][0]["width"] += 1
     (tmp_path / "val.json").write_text(json.dumps(coco))
     result = run(train_args(data, tmp_path / "out", "--val-ann", str(tmp_path / "val.json"), "--val-images",
-                            str(data["val_images"]), "--eval-every", "2", "--checkpoint-every", "2", max_iter=2))
+                            str(data["val_images"]), "--eval-every", "2", "--checkpoint-every", "1000", max_iter=3))
     assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
     bad_image = Path(data["val_images"]) / coco["images"][0]["file_name"]
     assert result.stderr.splitlines()[-1].startswith(f"error: {bad_image}")

@@ -65,8 +65,8 @@ def test_visualize_validation_set(setup, tmp_path):
 
 @pytest.fixture
 def folder(setup, tmp_path):
-    """The validation PNGs, one converted to a greyscale JPEG and one to a WebP, a hidden copy (skipped,
-    like an editor's or macOS's "._" file) and a file that is not an image."""
+    """The validation PNGs, one converted to a greyscale JPEG and one to a WebP, a copy in a subfolder, a
+    hidden copy (skipped, like an editor's or macOS's "._" file) and a file that is not an image."""
     data, _ = setup
     folder = tmp_path / "photos"
     shutil.copytree(data["val_images"], folder)
@@ -75,6 +75,8 @@ def folder(setup, tmp_path):
         im.convert("L").save(folder / "grey.jpg")
         im.save(folder / "lossless.webp", lossless=True)
         im.save(folder / ".hidden.png")
+        (folder / "street").mkdir()
+        im.save(folder / "street" / "inside.png")
     (folder / "notes.txt").write_text("not an image")
     return folder
 
@@ -83,8 +85,9 @@ def test_images_folder(setup, folder, tmp_path):
     _, ckpt = setup
     run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"),
         "--visualize", str(tmp_path / "pics"))
-    files = sorted(p.name for p in folder.iterdir() if p.suffix != ".txt" and not p.name.startswith("."))
-    assert "lossless.webp" in files
+    files = [str(p.relative_to(folder)) for p in sorted(folder.rglob("*"))
+             if p.is_file() and p.suffix != ".txt" and not p.name.startswith(".")]
+    assert "lossless.webp" in files and "street/inside.png" in files
     dets = json.loads((tmp_path / "dets.json").read_text())
     assert isinstance(dets, list) and len(dets) > 0
     for d in dets:
@@ -92,7 +95,8 @@ def test_images_folder(setup, folder, tmp_path):
         assert d["category_id"] in LABEL_TO_CAT_ID.values() and 0 <= d["score"] <= 1
         assert len(d["bbox"]) == 4 and all(isinstance(v, (int, float)) for v in d["bbox"])
         assert d["file_name"] == files[d["image_id"]]
-    assert sorted(p.name for p in (tmp_path / "pics").iterdir()) == [f"{f}.png" for f in files]
+    pictures = tmp_path / "pics"
+    assert sorted(str(p.relative_to(pictures)) for p in pictures.rglob("*.png")) == sorted(f"{f}.png" for f in files)
     with Image.open(tmp_path / "pics" / "grey.jpg.png") as im:
         assert im.mode == "RGB"
     assert any(d["score"] >= 0.5 for d in dets)  # so the pictures have red boxes
@@ -134,7 +138,10 @@ def test_score_thr_one_draws_nothing(setup, folder, tmp_path):
     ([], "one of the arguments --val-ann --images is required"),
     (["--val-ann", "{ann}"], "--val-images: required with --val-ann"),
     (["--val-ann", "{ann}", "--val-images", "{empty}/nope"], "--val-images: directory not found"),
-    (["--images", "{photos}", "--score-thr", "1.5"], "--score-thr must be in [0, 1] (a score), got 1.5"),
+    (["--images", "{photos}", "--score-thr", "1.5", "--visualize", "{empty}/pics"],
+     "--score-thr must be in [0, 1] (a score), got 1.5"),
+    (["--images", "{photos}", "--score-thr", "0.3", "--max-images", "4"],
+     "--score-thr and --max-images need --visualize (they choose what its pictures show)"),
     (["--images", "{photos}", "--json", "m.json"], "need --val-ann"),
     (["--images", "{photos}", "--batch-size", "0"], "--batch-size must be >= 1 and --workers >= 0, got 0 and 0"),
     (["--images", "{photos}", "--dets", "{empty}"], "--dets: {empty} is a directory, not a file"),

@@ -40,6 +40,11 @@ def test_read_split_file(tmp_path, key):
         read_split_file(path, 5, 7, IDS)
     with pytest.raises(ValueError, match=r"indices must be distinct ints in \[0, 3\)"):
         read_split_file(path, 10, 0, IDS[:3])
+    path.write_text(json.dumps({"10": {"0": [], "1": 4}}))   # each was a later error about --train-ann
+    for seed, got in ((0, r"\[\]"), (1, "4")):
+        with pytest.raises(ValueError, match=f"percent 10 seed {seed}: expected a non-empty list of the labeled "
+                                             f"images' indices, got {got}$"):
+            read_split_file(path, 10, seed, IDS)
 
 
 def test_load_split_cases(tmp_path):

@@ -119,37 +119,41 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
-def interrupt_after_two_iterations(cmd, out):
-    """Runs cmd in a process group of its own and sends SIGINT to the whole group, as Ctrl-C does, once
-    OUT/log.jsonl has 2 lines -> (exit status, stderr)."""
+def interrupt_after_two_iterations(cmd, out, signum=signal.SIGINT):
+    """Runs cmd in a process group of its own and sends signum to the whole group (SIGINT: as Ctrl-C does;
+    SIGTERM: as Slurm's scancel does) once OUT/log.jsonl has 2 lines -> (exit status, stderr)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     log, deadline = out / "log.jsonl", time.time() + 240
     while proc.poll() is None and time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
         time.sleep(0.1)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=240)
     return proc.returncode, err
 
 
-@pytest.mark.parametrize("launcher", ["python", "torchrun"])
-def test_ctrl_c_stops_after_its_iteration_and_saves(data, tmp_path, launcher):
-    """SIGINT to the whole process group, data loader workers included, as Ctrl-C sends it:
-    train.py finishes the iteration in progress, writes last.pt although no checkpoint is due, says so in
-    one line, exits 130, and --resume continues from there. Under torchrun, which forwards the signal to
-    its workers a second time, both ranks stop after the same iteration with identical weights (the
-    exit status and the traceback after our line are torchrun's own)."""
+@pytest.mark.parametrize("launcher, signum", [("python", signal.SIGINT), ("torchrun", signal.SIGINT),
+                                             ("python", signal.SIGTERM)], ids=["ctrl-c", "torchrun", "sigterm"])
+def test_a_signal_stops_after_its_iteration_and_saves(data, tmp_path, launcher, signum):
+    """SIGINT or SIGTERM to the whole process group, data loader workers included, as Ctrl-C and Slurm's
+    scancel send them: train.py finishes the iteration in progress, writes last.pt although no checkpoint
+    is due, says so in one line, exits 128 + the signal's number, and --resume continues from there
+    (SIGTERM: until stop 30 the killed workers failed the iteration, and nothing was saved). Under
+    torchrun, which forwards the signal to its workers a second time, both ranks stop after the same
+    iteration with identical weights (the exit status and the traceback after our line are torchrun's own)."""
     out = tmp_path / "run"
     flags = argv(data, out, 1000, "--checkpoint-every", "1000", "--workers", "1")
     launch = [sys.executable] if launcher == "python" else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    status, err = interrupt_after_two_iterations([*launch, str(ROOT / "train.py"), *flags, "--batch-size", "1"], out)
+    status, err = interrupt_after_two_iterations([*launch, str(ROOT / "train.py"), *flags, "--batch-size", "1"], out,
+                                                 signum)
+    name = signal.Signals(signum).name
     stopped = load_checkpoint(out / "last.pt")["iteration"]
-    line = (f"stopped by SIGINT after iteration {stopped}: saved {out / 'last.pt'}; continue with the same flags "
+    line = (f"stopped by {name} after iteration {stopped}: saved {out / 'last.pt'}; continue with the same flags "
             f"and --resume {out / 'last.pt'}")
-    assert 2 <= stopped < 1000 and "SIGINT: stopping after this iteration" in err, err[-3000:]
+    assert 2 <= stopped < 1000 and f"{name}: stopping after this iteration" in err, err[-3000:]
     if launcher == "python":
-        assert status == 130 and "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
+        assert status == 128 + signum and "Traceback" not in err and err.splitlines()[-1] == line, err[-3000:]
         train.main(argv(data, out, stopped + 1, "--resume", str(out / "last.pt"), "--batch-size", "1"))
         assert load_checkpoint(out / "last.pt")["iteration"] == stopped + 1
     else:
