@@ -671,9 +671,10 @@ def _exit_quietly(*_):
 
 
 def _serve_then_exit(signum, frame):
-    """A worker's first SIGTERM: it serves the batches already asked for, ends within STOP_GRACE_S, and at
-    once on a second SIGTERM."""
-    signal.signal(signal.SIGTERM, _exit_quietly)
+    """A worker's first SIGTERM: it serves the batches already asked for and ends after STOP_GRACE_S (or
+    earlier, shut down by the main process). Later SIGTERMs are ignored: under Slurm and torchrun a worker
+    gets two at once, Slurm's to every process and torchrun's to each rank's process group."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     timer = threading.Timer(STOP_GRACE_S, _exit_quietly)
     timer.daemon = True
     timer.start()
