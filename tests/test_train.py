@@ -119,34 +119,46 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
 
 
-def interrupt_after_two_iterations(cmd, out, signum=signal.SIGINT):
-    """Runs cmd in a process group of its own and sends signum to the whole group (SIGINT: as Ctrl-C does;
-    SIGTERM: as Slurm's scancel does) once OUT/log.jsonl has 2 lines -> (exit status, stderr)."""
+def process_tree(pid):
+    """pid and all its descendants (Linux /proc)."""
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [pid, *(p for child in f.read().split() for p in process_tree(int(child)))]
+
+
+def interrupt_after_two_iterations(cmd, out, signum=signal.SIGINT, every_process=False):
+    """Runs cmd in a process group of its own and, once OUT/log.jsonl has 2 lines, sends signum to the whole
+    group (SIGINT: as Ctrl-C does) or to every process of its tree (SIGTERM: as Slurm's scancel does; torchrun
+    puts each rank in a process group of its own) -> (exit status, stderr)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     log, deadline = out / "log.jsonl", time.time() + 240
     while proc.poll() is None and time.time() < deadline and not (log.exists() and log.read_text().count("\n") >= 2):
         time.sleep(0.1)
-    os.killpg(proc.pid, signum)
+    if every_process:
+        for pid in process_tree(proc.pid):
+            os.kill(pid, signum)
+    else:
+        os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=240)
     return proc.returncode, err
 
 
 @pytest.mark.parametrize("launcher, signum", [("python", signal.SIGINT), ("torchrun", signal.SIGINT),
-                                             ("python", signal.SIGTERM)], ids=["ctrl-c", "torchrun", "sigterm"])
+                                             ("python", signal.SIGTERM), ("torchrun", signal.SIGTERM)],
+                         ids=["ctrl-c", "torchrun-ctrl-c", "sigterm", "torchrun-slurm"])
 def test_a_signal_stops_after_its_iteration_and_saves(data, tmp_path, launcher, signum):
-    """SIGINT or SIGTERM to the whole process group, data loader workers included, as Ctrl-C and Slurm's
-    scancel send them: train.py finishes the iteration in progress, writes last.pt although no checkpoint
-    is due, says so in one line, exits 128 + the signal's number, and --resume continues from there
-    (SIGTERM: until stop 30 the killed workers failed the iteration, and nothing was saved). Under
-    torchrun, which forwards the signal to its workers a second time, both ranks stop after the same
+    """SIGINT or SIGTERM to every process, data loader workers included, as Ctrl-C and Slurm's scancel send
+    them: train.py finishes the iteration in progress, writes last.pt although no checkpoint is due, says
+    so in one line, exits 128 + the signal's number, and --resume continues from there (SIGTERM: until
+    stop 30 the killed workers failed the iteration, and nothing was saved). Under torchrun, which
+    forwards the signal to each rank's process group a second time, both ranks stop after the same
     iteration with identical weights (the exit status and the traceback after our line are torchrun's own)."""
     out = tmp_path / "run"
     flags = argv(data, out, 1000, "--checkpoint-every", "1000", "--workers", "1")
     launch = [sys.executable] if launcher == "python" else [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     status, err = interrupt_after_two_iterations([*launch, str(ROOT / "train.py"), *flags, "--batch-size", "1"], out,
-                                                 signum)
+                                                 signum, every_process=signum == signal.SIGTERM)
     name = signal.Signals(signum).name
     stopped = load_checkpoint(out / "last.pt")["iteration"]
     line = (f"stopped by {name} after iteration {stopped}: saved {out / 'last.pt'}; continue with the same flags "
