@@ -42,6 +42,7 @@ DEMO_DEVICE ?= cpu
 demo: $(STAMP)
 	$(PY) -m sed.synthetic $(DEMO_DATA) --num-train $(DEMO_TRAIN) --num-val $(DEMO_VAL) --seed 0 \
 		--image-size $(DEMO_SIZE) --height-ratios 1 --family $(DEMO_FAMILY)
+	rm -rf $(DEMO_OUT)   # each demo starts anew (train.py refuses an --out that holds a run)
 	$(PY) train.py --method sed --labeled-percent 10 --split-seed 1 \
 		--train-ann $(DEMO_DATA)/annotations/train.json --train-images $(DEMO_DATA)/train \
 		--val-ann $(DEMO_DATA)/annotations/val.json --val-images $(DEMO_DATA)/val \

@@ -68,6 +68,7 @@ from sed.diagnostics import collapse_warning, diagnose, format_summary
 from sed.errors import UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate
 from sed.losses import SEDObjective, unsup_weight_at
+from sed.plot import read_jsonl
 from sed.splits import load_split
 from sed.teacher import ema_momentum_at, ema_update, make_teacher, predict_soft
 from sed.views import make_views
@@ -168,13 +169,13 @@ def parameter_checksum(model):
 
 def trim_jsonl(path, last_iteration):
     """Drop records after last_iteration (a fresh run: -1 drops all), so a resumed run's logs have
-    each iteration once."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        records = [line for line in f if json.loads(line)["iteration"] <= last_iteration]
+    each iteration once; an unfinished last line (a kill during its write) goes too (sed.plot.read_jsonl)."""
+    try:
+        records = [r for r in read_jsonl(path) if r["iteration"] <= last_iteration]
+    except ValueError as e:
+        raise UserError(f"{e}; the run's log is damaged: repair or remove the line") from None
     with open(path, "w") as f:
-        f.writelines(records)
+        f.writelines(json.dumps(r) + "\n" for r in records)
 
 
 def tensorboard_writer(cfg):
@@ -257,8 +258,6 @@ def train(cfg):
         except OSError as e:   # validate() checked the path; the disk may have changed since
             raise UserError(f"--out: cannot create {cfg.out}: {e.strerror}") from None
         remove_stale_temporaries(os.path.join(cfg.out, "last.pt"))  # what a kill during a write left
-        with open(os.path.join(cfg.out, "config.json"), "w") as f:
-            json.dump(dataclasses.asdict(cfg), f, indent=1)
 
     # ---- model and optimiser (same seed on every rank -> same init; DDP broadcasts anyway) ----
     torch.manual_seed(cfg.seed)
@@ -279,7 +278,8 @@ def train(cfg):
         ckpt = load_checkpoint(cfg.resume, map_location=device)
         load_weights(model, ckpt["model"], cfg.resume)
         optimizer.load_state_dict(ckpt["optimizer"])
-        scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:   # empty when the run did not use float16: --dtype float16 starts a new scale
+            scaler.load_state_dict(ckpt["scaler"])
         if teacher is not None:  # a supervised checkpoint starts SED as after its burn-in: teacher = student
             load_weights(teacher, ckpt.get("teacher", ckpt["model"]), cfg.resume, "teacher")
         iteration = ckpt["iteration"]
@@ -292,7 +292,9 @@ def train(cfg):
             if iteration >= cfg.max_iter:
                 warnings.warn(f"--resume: the checkpoint is at iteration {iteration}, --max-iter is {cfg.max_iter}: "
                               "nothing to train; raise --max-iter to go on")
-    if master:
+    if master:   # once the model and the checkpoint are in place: a refused --resume leaves the run as it was
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump(dataclasses.asdict(cfg), f, indent=1)
         for name in ("log.jsonl", "metrics.jsonl"):
             trim_jsonl(os.path.join(cfg.out, name), iteration if cfg.resume else -1)
     raw_model = model
@@ -402,7 +404,9 @@ def train(cfg):
                 if not torch.isfinite(losses["total"]):
                     print(f"rank {dist_info.rank}: non-finite loss at iteration {it}: "
                           + json.dumps({k: v.item() for k, v in losses.items()}), file=sys.stderr)
-                raise SystemExit(f"stopped: non-finite loss at iteration {it}; last good checkpoint kept")
+                kept = "last good checkpoint kept" if os.path.exists(os.path.join(cfg.out, "last.pt")) else \
+                    "no checkpoint written yet"
+                raise SystemExit(f"stopped: non-finite loss at iteration {it}; {kept}")
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()

@@ -177,16 +177,20 @@ SED_FIELDS = set(_NAMES[_NAMES.index(HELP_GROUPS["SED"]):_NAMES.index(HELP_GROUP
 # trains on another split or stream than the one it started, exactly resumable no more.
 SPLIT_FIELDS = ("labeled_percent", "split_seed", "split_file", "labeled_ann", "unlabeled_ann", "unlabeled_images",
                 "batch_size", "unlabeled_batch_size")
+# The rest of what makes a run's iterations what they are (since stop 30): its data, order, sizes and schedule.
+RUN_FIELDS = ("train_ann", "train_images", "seed", "min_size", "max_size", "dtype", "lr", "momentum", "weight_decay",
+              "warmup_iters", "warmup_factor", "lr_steps", "lr_gamma", "grad_clip")
 
 
 def changed_settings(saved, cfg):
     """['--flag saved -> now'] for each setting in which cfg differs from a checkpoint's saved config (a
-    dict) that would change a resumed run silently: the labeled split and the batches (SPLIT_FIELDS), SED
-    that goes on as supervised training (its teacher unused), and, when both are SED runs, each SED setting
-    (the --help group "SED"; --distill's default changed at stop 26). Supervised -> SED is how a burn-in
-    continues (sed.experiment), and not named."""
+    dict) that would change a resumed run silently: the labeled split and the batches (SPLIT_FIELDS), the
+    data, order, sizes and schedule (RUN_FIELDS), SED that goes on as supervised training (its teacher
+    unused), and, when both are SED runs, each SED setting (the --help group "SED"; --distill's default
+    changed at stop 26). --max-iter (extending a run) and supervised -> SED (how a burn-in continues,
+    sed.experiment) are not named."""
     saved_json, now = as_json(saved), as_json(cfg)
-    fields = [*SPLIT_FIELDS, *(sorted(SED_FIELDS) if saved.get("method") == cfg.method == "sed" else ())]
+    fields = [*SPLIT_FIELDS, *RUN_FIELDS, *(sorted(SED_FIELDS) if saved.get("method") == cfg.method == "sed" else ())]
     changed = [f"{flag(k)} {saved_json[k]} -> {now[k]}" for k in fields if k in saved_json and saved_json[k] != now[k]]
     if saved.get("method") == "sed" and cfg.method == "supervised":
         changed.insert(0, "--method sed -> supervised (its teacher is not used)")
@@ -249,8 +253,13 @@ def validate(cfg: TrainConfig, check_files=True):
         (0 <= cfg.weight_floor <= 1, f"weight_floor must be in [0, 1], got {cfg.weight_floor}"),
         (0 <= cfg.distill_reg_threshold <= 1,
          f"distill_reg_threshold must be in [0, 1] (a probability), got {cfg.distill_reg_threshold}"),
-        (cfg.lr_steps == sorted(cfg.lr_steps), f"lr_steps must be increasing, got {cfg.lr_steps}"),
+        (all(a < b for a, b in zip([0, *cfg.lr_steps], cfg.lr_steps)),
+         f"lr_steps must be positive and strictly increasing, got {cfg.lr_steps}"),
+        (0 < cfg.lr_gamma <= 1, f"lr_gamma must be in (0, 1] (a decay), got {cfg.lr_gamma}"),
+        (0 < cfg.warmup_factor <= 1, f"warmup_factor must be in (0, 1], got {cfg.warmup_factor}"),
         (len(cfg.anchor_sizes) == 5, f"anchor_sizes needs one size per level P2-P6, got {cfg.anchor_sizes}"),
+        (all(a < b for a, b in zip([0, *cfg.anchor_sizes], cfg.anchor_sizes)),
+         f"anchor_sizes must be positive and increase from P2 to P6, got {cfg.anchor_sizes}"),
         (len(cfg.rpn_proposals) == 2, f"rpn_proposals is (train, eval), got {cfg.rpn_proposals}"),
         (min(cfg.rpn_proposals) >= 1, f"rpn_proposals must be >= 1, got {cfg.rpn_proposals}"),
         (cfg.max_size >= max(cfg.min_size), f"max_size must be >= min_size, got {cfg.max_size} and {cfg.min_size}"),
@@ -286,6 +295,10 @@ def validate(cfg: TrainConfig, check_files=True):
         if path and not os.path.isdir(path):
             raise UserError(f"{flag(name)}: directory not found: {path}")
     check_writable_dir(cfg.out, "--out")
+    last = os.path.join(cfg.out, "last.pt")
+    if not cfg.resume and os.path.exists(last):   # train.py would empty its logs and overwrite its checkpoint
+        raise UserError(f"--out: {cfg.out} holds a run already ({last}): --resume {last} continues it; "
+                        "another --out (or removing this one) starts anew")
     if not (cfg.train_ann or cfg.labeled_ann):
         raise UserError("--train-ann: give --train-ann (or --labeled-ann) and --train-images")
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):

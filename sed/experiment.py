@@ -342,6 +342,7 @@ def train_all(args, results):
     def burn_in(seed):
         cmd, ckpt = burn_in_command(args, data, seed, out), out / f"seed{seed}" / "burn_in.pt"
         if not (ckpt.exists() and stamp_matches(ckpt.with_suffix(".json"), settings(cmd))):
+            shutil.rmtree(out / f"seed{seed}" / "burn_in", ignore_errors=True)   # an older or aborted burn-in
             run(cmd, out / f"seed{seed}" / "burn_in.log")
             shutil.copy(out / f"seed{seed}" / "burn_in" / "last.pt", ckpt)
             ckpt.with_suffix(".json").write_text(json.dumps(settings(cmd)))

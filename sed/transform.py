@@ -62,8 +62,10 @@ class ImageTransform(nn.Module):
         for i, image in enumerate(images):
             image = (image - self.mean) / self.std
             scale = resize_scale(image.shape[-2], image.shape[-1], min_size, self.max_size)
-            out = F.interpolate(image[None], scale_factor=scale, mode="bilinear",
-                                recompute_scale_factor=True, align_corners=False)[0]
+            # torchvision's size floor(side * scale) (interpolate with recompute_scale_factor), at least 1 px:
+            # an image over max_size:min_size in aspect ratio (1 x 500 px) would get a side of 0
+            size = [max(1, math.floor(side * scale)) for side in image.shape[-2:]]
+            out = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
             resized.append(out)
             if targets is not None:
                 boxes = resize_boxes(targets[i]["boxes"], image.shape[-2:], out.shape[-2:])

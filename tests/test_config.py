@@ -46,7 +46,13 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--labeled-percent", "0"], "--labeled-percent must be in (0, 100], got 0.0"),
     (["--labeled-percent", "101"], "--labeled-percent must be in (0, 100], got 101.0"),
     (["--trainable-layers", "7"], "--trainable-layers must be in 0..5, got 7"),
-    (["--lr-steps", "10", "5"], "--lr-steps must be increasing, got [10, 5]"),
+    (["--lr-steps", "10", "5"], "--lr-steps must be positive and strictly increasing, got [10, 5]"),
+    (["--lr-steps", "2", "2"], "--lr-steps must be positive and strictly increasing, got [2, 2]"),   # since stop 30
+    (["--lr-steps", "-5"], "--lr-steps must be positive and strictly increasing, got [-5]"),
+    (["--lr-gamma", "-1"], "--lr-gamma must be in (0, 1] (a decay), got -1.0"),
+    (["--warmup-factor", "10"], "--warmup-factor must be in (0, 1], got 10.0"),
+    (["--anchor-sizes", "0", "0", "0", "0", "0"],
+     "--anchor-sizes must be positive and increase from P2 to P6, got (0, 0, 0, 0, 0)"),
     (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
     (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
     (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1] (a score), got 1.5"),
@@ -144,7 +150,9 @@ def test_changed_settings_name_what_a_resume_changes():
     the run (a default that changed since it started included), and of nothing else."""
     saved = dataclasses.asdict(TrainConfig(method="sed", distill=True))  # as train.py's checkpoint holds it
     assert changed_settings(saved, TrainConfig(method="sed")) == ["--distill True -> False"]
-    assert changed_settings(saved, TrainConfig(method="sed", distill=True, lr=0.1)) == []  # the schedule: not named
+    assert changed_settings(saved, TrainConfig(method="sed", distill=True, max_iter=5)) == []  # extending a run
+    assert changed_settings(saved, TrainConfig(method="sed", distill=True, lr=0.1, seed=7, lr_steps=[5])) == [
+        "--seed 0 -> 7", "--lr 0.0 -> 0.1", "--lr-steps [60000, 80000] -> [5]"]   # unnamed until stop 30
     assert changed_settings({**saved, "method": "supervised"}, TrainConfig(method="sed")) == []  # burn-in -> SED
     assert changed_settings(saved, TrainConfig(method="sed", distill=True, labeled_percent=5, batch_size=4)) == [
         "--labeled-percent 100.0 -> 5", "--batch-size 0 -> 4"]

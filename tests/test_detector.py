@@ -277,3 +277,13 @@ def test_fpn_channels_set_the_width_of_every_level_the_rpn_and_the_box_head():
     assert model.roi_heads.box_head.fc6.in_features == 64 * 7 * 7
     target = {"boxes": torch.tensor([[10.0, 10.0, 50.0, 60.0]]), "labels": torch.tensor([1])}
     assert all(torch.isfinite(v) for v in model([torch.rand(3, 96, 96)], [target]).values())
+
+
+def test_an_image_over_the_size_ratio_keeps_a_side_of_one_pixel():
+    """1 x 500 px with min 64 / max 128: scale 128 / 500, so torchvision's floor(1 * 0.256) would be a side
+    of 0 (a traceback from interpolate until stop 30); the side is 1 px, the other as torchvision's."""
+    from sed.transform import ImageTransform
+    batch, targets = ImageTransform(min_size=(64,), max_size=128).eval()(
+        [torch.rand(3, 1, 500)], [{"boxes": torch.tensor([[0.0, 0.0, 250.0, 1.0]])}])
+    assert batch.image_sizes == [(1, 128)]
+    assert torch.allclose(targets[0]["boxes"], torch.tensor([[0.0, 0.0, 64.0, 1.0]]))

@@ -282,3 +282,31 @@ def test_tensorboard_writes_events(data, tmp_path):
     pytest.importorskip("tensorboard")  # optional dependency (requirements-optional.txt)
     train.main(argv(data, tmp_path, 1, "--tensorboard"))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_an_out_that_holds_a_run_is_refused_and_a_refused_resume_changes_nothing(data, tmp_path, capsys):
+    """Rerunning the first command into its --out (after a crash) emptied the logs and overwrote last.pt;
+    a --resume refused for another model had already rewritten config.json (both until stop 30)."""
+    out = tmp_path / "run"
+    train.main(argv(data, out, 2))
+    before = {name: (out / name).read_bytes() for name in ("config.json", "log.jsonl", "last.pt")}
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, out, 2))
+    assert stop.value.code == 2 and f"--out: {out} holds a run already" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, out, 4, "--fpn-channels", "32", "--resume", str(out / "last.pt")))
+    assert stop.value.code == 1 and "do not fit this model" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_resume_after_a_kill_in_a_log_line_and_into_float16(data, tmp_path, capsys):
+    """An unfinished last log line (a kill during its write) is dropped, not a JSONDecodeError; a float32
+    checkpoint's empty GradScaler state lets --dtype float16 start a new loss scale (a traceback before)."""
+    out = tmp_path / "run"
+    train.main(argv(data, out, 2))
+    with open(out / "log.jsonl", "a") as f:
+        f.write('{"iteration": 3, "lo')
+    train.main(argv(data, out, 3, "--dtype", "float16", "--resume", str(out / "last.pt")))
+    assert "--dtype float32 -> float16" in capsys.readouterr().err
+    assert load_checkpoint(out / "last.pt")["iteration"] == 3
+    assert [json.loads(line)["iteration"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
