@@ -33,8 +33,8 @@ Several nodes (run on every node; NODE_RANK = 0..N-1, MASTER = the address of no
     torchrun --nnodes N --node_rank $NODE_RANK --nproc_per_node 8 --master_addr $MASTER \
         --master_port 29500 train.py ...
 
-Ctrl-C, or SIGTERM to the training process, stops after the iteration in progress and saves last.pt
-first. Continue an interrupted run exactly (weights, optimizer, scaler, RNG, data order):
+Ctrl-C, or SIGTERM to the training process or to all of its processes (Slurm), stops after the iteration
+in progress and saves last.pt first. Continue an interrupted run exactly (weights, optimizer, scaler, RNG, data order):
     python train.py <same flags> --resume runs/sup10/last.pt
 A supervised checkpoint taken at iteration B also starts SED (`--method sed --resume`): the teacher
 begins as a copy of the student, exactly as after a burn-in of B iterations (sed.experiment does this).
@@ -131,9 +131,9 @@ def agreed_flags(loss, stop_requested, dist_info):
 
 @contextlib.contextmanager
 def stop_requests(announce=True, ctrl_c_twice_stops=True):
-    """SIGINT (Ctrl-C) and SIGTERM (`kill PID`, `docker stop`, Kubernetes; a SIGTERM to the whole process
-    group also ends the data loader workers, and the run with them) ask the training loop to stop after
-    the iteration in progress: it saves OUT/last.pt and exits, so a stop loses no iteration
+    """SIGINT (Ctrl-C) and SIGTERM (`kill PID`, `docker stop`, Kubernetes; to every process: Slurm's scancel,
+    whose SIGTERM the data loader workers serve through, sed.data._worker_signals) ask the training loop to
+    stop after the iteration in progress: it saves OUT/last.pt and exits, so a stop loses no iteration
     and --resume continues exactly. With ctrl_c_twice_stops (a plain process), a second SIGINT interrupts
     at once (KeyboardInterrupt: one line; the last checkpoint written stays, save_checkpoint being
     atomic). Any other repeat is ignored: torchrun forwards the signal it receives to its workers, which
@@ -170,6 +170,8 @@ def parameter_checksum(model):
 def trim_jsonl(path, last_iteration):
     """Drop records after last_iteration (a fresh run: -1 drops all), so a resumed run's logs have
     each iteration once; an unfinished last line (a kill during its write) goes too (sed.plot.read_jsonl)."""
+    if not os.path.exists(path):
+        return
     try:
         records = [r for r in read_jsonl(path) if r["iteration"] <= last_iteration]
     except ValueError as e:

@@ -664,7 +664,7 @@ class TrainBatchSampler:
 STOP_GRACE_S = 60  # design choice: how long a data loader worker goes on serving after a SIGTERM
 
 
-def _exit_quietly(*_):
+def _exit_quietly():
     """End a worker with exit status 0: torch's DataLoader fails the main process at once, wherever it
     is, when a worker is killed by a signal, not when one exits normally."""
     os._exit(0)

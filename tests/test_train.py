@@ -96,24 +96,29 @@ def test_evaluation_draws_no_random_number_of_the_training(data, tmp_path):
     assert [json.loads(line)["iteration"] for line in metrics] == [1, 2, 3]
 
 
-def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("nan_at, kept", [(3, "last good checkpoint kept"), (1, "no checkpoint written yet")])
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeypatch, capsys, nan_at, kept):
+    """The line names the iteration and whether a checkpoint exists (before stop 30 it claimed one when the
+    first iteration failed)."""
     calls = []
 
-    def nan_at_third_step(model, images, targets, cfg):
+    def nan_at_step(model, images, targets, cfg):
         losses = supervised_step(model, images, targets, cfg)
         calls.append(1)
-        if len(calls) == 3:
+        if len(calls) == nan_at:
             losses["loss_box_reg"] = losses["loss_box_reg"] * math.nan
             losses["total"] = sum(v for k, v in losses.items() if k != "total")
         return losses
 
     supervised_step = train.supervised_step
-    monkeypatch.setattr(train, "supervised_step", nan_at_third_step)
+    monkeypatch.setattr(train, "supervised_step", nan_at_step)
     with pytest.raises(SystemExit) as stop:
         train.main(argv(data, tmp_path, 6))
-    assert stop.value.code not in (0, None)
-    err = capsys.readouterr().err
-    assert "non-finite loss at iteration 2" in err and '"loss_box_reg": NaN' in err
+    assert stop.value.code == f"stopped: non-finite loss at iteration {nan_at - 1}; {kept}"
+    assert '"loss_box_reg": NaN' in capsys.readouterr().err
+    if nan_at == 1:
+        assert not (tmp_path / "last.pt").exists()
+        return
     ckpt = load_checkpoint(tmp_path / "last.pt")  # written after iteration 2, untouched since
     assert ckpt["iteration"] == 2
     assert all(torch.isfinite(t).all() for t in ckpt["model"].values() if t.is_floating_point())
