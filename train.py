@@ -61,7 +61,8 @@ import sed
 from sed import distributed
 from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
-from sed.config import changed_settings, describe_batch, model_options, parse_args, resolve_batch
+from sed.config import (changed_settings, describe_batch, model_options, parse_args, resolve_batch,
+                        unused_settings)
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images, warn_shared_images, worker_batches)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
@@ -209,6 +210,7 @@ def main(argv=None):
 def train(cfg):
     dist_info = distributed.setup(cfg.device)
     cfg.device = device = dist_info.device
+    unused = unused_settings(cfg)   # before resolve_batch fills in the batches
     cfg = resolve_batch(cfg, dist_info.world_size)  # per-process batches, lr by the linear scaling rule
     master = dist_info.is_main
     if device == "cpu":  # denormal floats (tiny activations of a randomly initialised trunk without
@@ -274,6 +276,13 @@ def train(cfg):
             raise UserError("--method: sed needs unlabeled images: give --labeled-percent < 100, "
                             "--split-file (leaving some images out), --unlabeled-ann or --unlabeled-images")
         teacher = make_teacher(model)
+    if master and unused:   # after the errors above: a run that cannot start says only why
+        warnings.warn(f"{', '.join(unused)}: not used by this run ("
+                      + ("--method supervised" if cfg.method != "sed" else "their component is switched off")
+                      + "); they change nothing")
+    if master and cfg.method == "sed" and cfg.burn_in_iters >= cfg.max_iter:
+        warnings.warn(f"--burn-in-iters {cfg.burn_in_iters} >= --max-iter {cfg.max_iter}: the whole run is "
+                      "the supervised burn-in, no SED iteration")
 
     iteration = 0  # number of completed iterations
     if cfg.resume:

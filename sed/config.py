@@ -182,6 +182,25 @@ RUN_FIELDS = ("train_ann", "train_images", "seed", "min_size", "max_size", "dtyp
               "warmup_iters", "warmup_factor", "lr_steps", "lr_gamma", "grad_clip")
 
 
+# SED settings that act only through one component: with that switch off they change nothing (sed/losses.py:
+# the scale term; foreground_weights, which returns before gamma and floor without --reweight; the hard labels).
+ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi"),
+             "reweight": ("reweight_anchors", "weight_gamma", "weight_floor"),
+             "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction")}
+
+
+def unused_settings(cfg):
+    """['--flag'] of each setting given another value than its default that this run does not use: every
+    SED setting under --method supervised, and under SED those of a switched-off component (ONLY_WITH).
+    Call before resolve_batch, which fills in the batches. A flag set to its default is not seen."""
+    if cfg.method != "sed":
+        fields = sorted(SED_FIELDS)
+    else:
+        fields = [f for switch, names in ONLY_WITH.items() if not getattr(cfg, switch) for f in names]
+    default, now = as_json(TrainConfig()), as_json(cfg)
+    return [flag(f) for f in fields if now[f] != default[f]]
+
+
 def changed_settings(saved, cfg):
     """['--flag saved -> now'] for each setting in which cfg differs from a checkpoint's saved config (a
     dict) that would change a resumed run silently: the labeled split and the batches (SPLIT_FIELDS), the

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from sed.config import (TrainConfig, build_parser, changed_settings, check_device, check_writable_dir,
+                        unused_settings,
                         check_writable_file, from_dict, parse_args, validate)
 from sed.errors import UserError
 
@@ -160,3 +161,17 @@ def test_changed_settings_name_what_a_resume_changes():
         "--method sed -> supervised (its teacher is not used)"]
 
 
+
+
+@pytest.mark.parametrize("argv, unused", [
+    ([], []),
+    (["--method", "sed", "--scale-target", "mutual", "--weight-gamma", "2"], []),
+    (["--unlabeled-batch-size", "8", "--pseudo-threshold", "0.3", "--eval-model", "student"],
+     ["--eval-model", "--pseudo-threshold", "--unlabeled-batch-size"]),
+    (["--method", "sed", "--no-scale-consistency", "--scale-target", "mutual", "--no-reweight", "--weight-floor", "0.1"],
+     ["--scale-target", "--weight-floor"]),
+    (["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--pseudo-threshold", "0.5"], ["--pseudo-threshold"]),
+])
+def test_unused_settings_are_named(argv, unused):
+    """A setting given for a method or component the run does not use (silently ignored until stop 30)."""
+    assert unused_settings(parse_args(argv, check_files=False)) == unused

@@ -315,3 +315,13 @@ def test_resume_after_a_kill_in_a_log_line_and_into_float16(data, tmp_path, caps
     assert "--dtype float32 -> float16" in capsys.readouterr().err
     assert load_checkpoint(out / "last.pt")["iteration"] == 3
     assert [json.loads(line)["iteration"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_settings_that_change_nothing_are_warned_of(data, tmp_path, capsys):
+    """SED settings under --method supervised, and a burn-in as long as the run, say so in one line each."""
+    train.main(argv(data, tmp_path / "sup", 1, "--pseudo-threshold", "0.3", "--ema-momentum", "0.5"))
+    assert ("warning: --ema-momentum, --pseudo-threshold: not used by this run (--method supervised); they change "
+            "nothing") in capsys.readouterr().err
+    train.main(argv(data, tmp_path / "sed", 1, *SED_FLAGS[:4], "--burn-in-iters", "1"))
+    assert "warning: --burn-in-iters 1 >= --max-iter 1: the whole run is the supervised burn-in, no SED iteration" \
+        in capsys.readouterr().err
