@@ -14,6 +14,7 @@ are evaluated with the EMA teacher unless --model student.
 subfolders (sorted by path, hidden files skipped; as train.py --unlabeled-images) go to --dets
 (default FOLDER_detections.json, next to the folder), COCO results format plus "file_name" (the path
 relative to FOLDER); image_id is the index in the sorted order, category_id the checkpoint's COCO ids.
+A file that cannot be read is skipped with one warning line naming it.
 --visualize DIR: the first --max-images pictures with detections >= --score-thr (red, "name
 score") and, for --val-ann, the ground truth (green), as DIR/<image_id>.png (--val-ann) or
 DIR/<relative path>.png (--images).
@@ -30,13 +31,16 @@ from sed.checkpoint import load_checkpoint, load_weights
 from sed.config import check_device, check_writable_dir, check_writable_file, from_dict, model_options
 from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, image_files, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
-from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict
+from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict, warn_slow_precision
 from sed.visualize import visualize_dataset
 
 class ImageFolder(torch.utils.data.Dataset):
     """The images of a folder with the interface of sed.data.CocoDetection that predict() and
     visualize_dataset() use: dataset[i] -> (image [3,H,W] float 0..1 RGB, target with no boxes:
-    {"boxes": [0,4], "labels": [0], "image_id": i, "file_name"}), class_names, label_to_cat_id."""
+    {"boxes": [0,4], "labels": [0], "image_id": i, "file_name"}), class_names, label_to_cat_id.
+    An unreadable file (empty, truncated, not an image) gives image None and target["unreadable"] (the
+    reason), which predict() warns of and skips: one bad photo should not stop a folder's detections
+    (train.py stops instead, and --verify-images finds them all before training)."""
 
     def __init__(self, folder, class_names, label_to_cat_id):
         self.folder = Path(folder)
@@ -47,9 +51,12 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, index):
-        image = load_rgb(self.files[index])  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
-        return image, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
-                       "image_id": index, "file_name": self.relative_name(index)}
+        target = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64),
+                  "image_id": index, "file_name": self.relative_name(index)}
+        try:
+            return load_rgb(self.files[index]), target  # [3, H, W] float 0..1; grey, palette, RGBA -> RGB
+        except UserError as e:
+            return None, {**target, "unreadable": str(e)}
 
     def relative_name(self, index):
         """The file's path relative to the folder, e.g. "street/photo.jpg"."""
@@ -144,6 +151,8 @@ def main(argv=None):
 
 def run(args):
     dist_info = distributed.setup(args.device)
+    if dist_info.is_main:
+        warn_slow_precision(dist_info.device, args.dtype)
     ckpt = load_checkpoint(args.ckpt)
     which = args.model or ("teacher" if "teacher" in ckpt else "student")
     if which == "teacher" and "teacher" not in ckpt:

@@ -61,13 +61,13 @@ import sed
 from sed import distributed
 from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
-from sed.config import (changed_settings, describe_batch, model_options, parse_args, resolve_batch,
-                        unused_settings)
+from sed.config import (WEIGHT_FIELDS, changed_settings, describe_batch, differences, model_options, parse_args,
+                        resolve_batch, unused_settings)
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images, warn_shared_images, worker_batches)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
 from sed.errors import UserError, user_errors
-from sed.evaluation import METRIC_NAMES, autocast, evaluate
+from sed.evaluation import METRIC_NAMES, autocast, evaluate, warn_slow_precision
 from sed.losses import SEDObjective, unsup_weight_at
 from sed.plot import read_jsonl
 from sed.splits import load_split
@@ -248,9 +248,7 @@ def train(cfg):
         if cfg.batch_size > len(labeled):
             warnings.warn(f"--batch-size {cfg.batch_size} is more than the {len(labeled)} labeled images: "
                           "images repeat within a batch")
-        if cfg.dtype == "float16" and device == "cpu":
-            warnings.warn("--dtype float16 on the CPU is emulated and many times slower than float32; "
-                          "bfloat16 is the CPU's half precision")
+        warn_slow_precision(device, cfg.dtype)
         print("labeled:", labeled.summary())
         if unlabeled is not None and cfg.method == "sed":
             print("unlabeled:", unlabeled.summary())
@@ -287,6 +285,10 @@ def train(cfg):
     iteration = 0  # number of completed iterations
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, map_location=device)
+        other_model = differences(ckpt["config"], cfg, WEIGHT_FIELDS)
+        if other_model:   # named, where load_weights could only say which weights do not fit
+            raise UserError(f"--resume: {cfg.resume} holds another model ({', '.join(other_model)}): resume "
+                            "with the settings and annotations it was trained with (its config.json)")
         load_weights(model, ckpt["model"], cfg.resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:   # empty when the run did not use float16: --dtype float16 starts a new scale

@@ -227,9 +227,14 @@ def main(argv=None):
     parser.add_argument("--data-batches", type=int, default=10000, help="--data: batches of the worker curve")
     parser.add_argument("--data-images", type=int, default=bench_data.NUM_IMAGES, help="--data: images")
     args = parser.parse_args(argv)
-    if min(args.repeats, args.data_images, args.num_classes) < 1:
-        parser.error(f"--repeats, --data-images and --num-classes must be >= 1, got {args.repeats}, "
-                     f"{args.data_images} and {args.num_classes}")
+    counts = {"--repeats": args.repeats, "--data-images": args.data_images, "--num-classes": args.num_classes,
+              "--batch-size": args.batch_size, "--threads": args.threads, "--height": args.height,
+              "--width": args.width, "--min-size": args.min_size, "--max-size": args.max_size}
+    too_small = [f"{name} {value}" for name, value in counts.items() if value < 1]
+    if too_small:
+        parser.error(f"must be >= 1: {', '.join(too_small)}")
+    if args.max_size < args.min_size:
+        parser.error(f"--max-size must be >= --min-size, got {args.max_size} and {args.min_size}")
     if args.data:
         return bench_data.main(args.data_dir, args.repeats, args.data_batches, args.data_images)
     device = torch.device(args.device)

@@ -104,7 +104,7 @@ def one_line(error):
 
 def load_weights(model, state_dict, path, what="model"):
     """model.load_state_dict(state_dict), with a one-line UserError when the checkpoint's weights
-    do not fit (another backbone, class count or anchor count)."""
+    do not fit (another backbone, class count or layer width; the anchor sizes shape no weight)."""
     own = model.state_dict()
     missing, unexpected = own.keys() - state_dict.keys(), state_dict.keys() - own.keys()
     reshaped = [k for k in own if k in state_dict and own[k].shape != state_dict[k].shape]  # model order
@@ -114,7 +114,7 @@ def load_weights(model, state_dict, path, what="model"):
                    f"e.g. {sorted(missing or unexpected)[0]} {'missing' if missing else 'unexpected'}")
         raise UserError(f"{path}: its {what} weights do not fit this model ({len(missing)} missing, "
                         f"{len(unexpected)} unexpected, {len(reshaped)} of another shape: {example}); "
-                        "was it trained with another --backbone, --num-classes or --anchor-sizes?")
+                        "was it trained with another --backbone, --num-classes, --fpn-channels or --box-head-dim?")
     model.load_state_dict(state_dict)
 
 

@@ -208,12 +208,23 @@ def changed_settings(saved, cfg):
     unused), and, when both are SED runs, each SED setting (the --help group "SED"; --distill's default
     changed at stop 26). --max-iter (extending a run) and supervised -> SED (how a burn-in continues,
     sed.experiment) are not named."""
-    saved_json, now = as_json(saved), as_json(cfg)
     fields = [*SPLIT_FIELDS, *RUN_FIELDS, *(sorted(SED_FIELDS) if saved.get("method") == cfg.method == "sed" else ())]
-    changed = [f"{flag(k)} {saved_json[k]} -> {now[k]}" for k in fields if k in saved_json and saved_json[k] != now[k]]
+    changed = differences(saved, cfg, fields)
     if saved.get("method") == "sed" and cfg.method == "supervised":
         changed.insert(0, "--method sed -> supervised (its teacher is not used)")
     return changed
+
+
+# The model settings that shape a checkpoint's weights and its optimizer's parameter groups: a resume
+# with another value cannot load them.
+WEIGHT_FIELDS = ("backbone", "backbone_norm", "num_classes", "fpn_channels", "box_head_dim", "trainable_layers")
+
+
+def differences(saved, cfg, fields):
+    """['--flag saved -> now'] for each of `fields` in which cfg differs from a checkpoint's saved config
+    (a dict; a field it lacks, from an older version, is not compared)."""
+    saved_json, now = as_json(saved), as_json(cfg)
+    return [f"{flag(k)} {saved_json[k]} -> {now[k]}" for k in fields if k in saved_json and saved_json[k] != now[k]]
 
 
 def as_json(cfg):
@@ -263,7 +274,8 @@ def validate(cfg: TrainConfig, check_files=True):
         (0 <= cfg.trainable_layers <= 5, f"trainable_layers must be in 0..5, got {cfg.trainable_layers}"),
         (0 <= cfg.ema_momentum <= 1, f"ema_momentum must be in [0, 1], got {cfg.ema_momentum}"),
         (cfg.unsup_weight >= 0, f"unsup_weight must be >= 0, got {cfg.unsup_weight}"),
-        (0 <= cfg.pseudo_threshold <= 1, f"pseudo_threshold must be in [0, 1] (a score), got {cfg.pseudo_threshold}"),
+        (0 <= cfg.pseudo_threshold < 1, f"pseudo_threshold must be in [0, 1) (a score; at 1 no detection is a "
+                                        f"pseudo-label), got {cfg.pseudo_threshold}"),
         (cfg.teacher_proposals >= 1, f"teacher_proposals must be >= 1, got {cfg.teacher_proposals}"),
         (cfg.weight_gamma >= 0, f"weight_gamma must be >= 0, got {cfg.weight_gamma}"),
         (cfg.burn_in_iters >= 0 and cfg.rampup_iters >= 0,
@@ -303,6 +315,9 @@ def validate(cfg: TrainConfig, check_files=True):
             raise UserError(_name_flags(message))
     if not check_files:
         return
+    if cfg.resume and os.path.isdir(cfg.resume):
+        raise UserError(f"--resume: {cfg.resume} is a folder; --resume {os.path.join(cfg.resume, 'last.pt')} "
+                        "continues the run it holds")
     for name in ("train_ann", "val_ann", "split_file", "labeled_ann", "unlabeled_ann", "resume"):
         path = getattr(cfg, name)
         if path and not os.path.isfile(path):

@@ -46,8 +46,10 @@ def report(message):
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    """warnings.showwarning as one line `warning: <message>` on stderr."""
-    print(f"warning: {message}", file=sys.stderr if file is None else file, flush=True)
+    """warnings.showwarning as one line `warning: <message>` on stderr, on a line of its own above an open
+    progress bar (tqdm.write)."""
+    from tqdm import tqdm
+    tqdm.write(f"warning: {message}", file=sys.stderr if file is None else file)
 
 
 @contextlib.contextmanager

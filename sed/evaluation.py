@@ -2,6 +2,7 @@
 import contextlib
 import copy
 import io
+import warnings
 
 import numpy as np
 import torch
@@ -19,6 +20,13 @@ def autocast(device, dtype):
     """One code path for all precisions (nanoGPT): autocast is a no-op for float32."""
     return torch.autocast(torch.device(device).type, dtype=getattr(torch, dtype),
                           enabled=dtype != "float32")
+
+
+def warn_slow_precision(device, dtype):
+    """One warning line for float16 on the CPU (train.py and eval.py)."""
+    if dtype == "float16" and torch.device(device).type == "cpu":
+        warnings.warn("--dtype float16 on the CPU is emulated and many times slower than float32; "
+                      "bfloat16 is the CPU's half precision")
 
 
 def to_coco_results(detections, image_id, label_to_cat_id):
@@ -44,9 +52,13 @@ def predict(model, dataset, device, dtype="float32", batch_size=8, workers=2, di
     with worker_batches(loader) as batches:
         for images, targets in tqdm(batches, total=len(loader), desc="eval", disable=not dist_info.is_main,
                                     leave=False):
+            for target in targets:
+                if "unreadable" in target:   # eval.py --images: a file that cannot be read is skipped
+                    warnings.warn(f"{target['unreadable']}: skipped")
+            present = [(im, t) for im, t in zip(images, targets) if im is not None]
             with autocast(device, dtype):
-                outputs = model([im.to(device, non_blocking=True) for im in images])
-            for out, target in zip(outputs, targets):
+                outputs = model([im.to(device, non_blocking=True) for im, _ in present]) if present else []
+            for out, (_, target) in zip(outputs, present):
                 results += to_coco_results(out, target["image_id"], dataset.label_to_cat_id)
     model.train(was_training)
     return results

@@ -83,16 +83,20 @@ def visualize_dataset(model, dataset, indices, out_dir, device="cpu", score_thr=
                       min_side=MIN_PICTURE_SIDE):
     """Run `model` (eval mode, restored afterwards) on dataset[i] for i in indices and write
     out_dir/<image_id>.png (<file_name>.png if the target has one) with its detections and the
-    ground truth, small images enlarged to a shorter side >= min_side; returns the paths."""
+    ground truth, small images enlarged to a shorter side >= min_side; returns the paths. An image None
+    (eval.py --images: an unreadable file, which predict() warned of) is skipped."""
     was_training = model.training
     model.eval()
     indices, paths = list(indices), []
     class_names = getattr(dataset, "class_names", None)
     for start in range(0, len(indices), batch_size):
-        images, targets = zip(*(dataset[i] for i in indices[start:start + batch_size]))
+        batch = [(dataset[i], i) for i in indices[start:start + batch_size]]
+        batch = [(image, target, i) for (image, target), i in batch if image is not None]  # None: skipped
+        if not batch:
+            continue
+        images, targets, ids = zip(*batch)
         dets = model([image.to(device) for image in images])
-        names = [t.get("file_name", t.get("image_id", i))  # eval.py --images: "photo.jpg" -> photo.jpg.png
-                 for t, i in zip(targets, indices[start:start + batch_size])]
+        names = [t.get("file_name", t.get("image_id", i)) for t, i in zip(targets, ids)]  # "photo.jpg" -> photo.jpg.png
         paths += save_visualizations(images, dets, out_dir, class_names, score_thr, targets, names, min_side)
     model.train(was_training)
     return paths

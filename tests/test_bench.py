@@ -1,4 +1,5 @@
 """make bench's --parts: which comparisons run (the comparisons themselves are measurements, not tests)."""
+import pytest
 import torch
 
 from sed import bench
@@ -38,3 +39,13 @@ def test_inputs_have_labels_of_the_model_s_classes():
     _, five = bench.make_inputs(3, 64, 64, "cpu", num_classes=5)
     _, many = bench.make_inputs(3, 64, 64, "cpu")
     assert all(torch.equal(a["labels"], b["labels"]) and torch.equal(a["boxes"], b["boxes"]) for a, b in zip(five, many))
+
+
+def test_sizes_and_counts_are_checked(capsys):
+    """--height 0 or --threads 0 were a traceback (or, for --max-size < --min-size, a silent misfit) until stop 31."""
+    for argv, message in [(["--height", "0", "--threads", "-1"], "error: must be >= 1: --threads -1, --height 0"),
+                          (["--min-size", "800", "--max-size", "600"],
+                           "error: --max-size must be >= --min-size, got 600 and 800")]:
+        with pytest.raises(SystemExit) as stop:
+            bench.main(argv)
+        assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == message

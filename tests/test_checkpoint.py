@@ -125,4 +125,4 @@ def test_foreign_checkpoint_and_weights_that_do_not_fit(tmp_path):
         checkpoint.load_weights(model, {"weight": torch.zeros(4, 3), "bias": torch.zeros(4)}, "x.pt")
     assert str(info.value) == ("x.pt: its model weights do not fit this model (0 missing, 0 unexpected, "
                                "2 of another shape: weight is [4, 3] in the checkpoint, [2, 3] here); was it trained "
-                               "with another --backbone, --num-classes or --anchor-sizes?")
+                               "with another --backbone, --num-classes, --fpn-channels or --box-head-dim?")

@@ -56,7 +56,10 @@ def test_unknown_flag_and_bad_choice_exit():
      "--anchor-sizes must be positive and increase from P2 to P6, got (0, 0, 0, 0, 0)"),
     (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
     (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
-    (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1] (a score), got 1.5"),
+    (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1) (a score; at 1 no detection is a "
+     "pseudo-label), got 1.5"),
+    (["--pseudo-threshold", "1"], "--pseudo-threshold must be in [0, 1) (a score; at 1 no detection is a "
+     "pseudo-label), got 1.0"),   # accepted until stop 31: the hard-label term trained everything as background
     (["--method", "sed", "--no-hard-pseudo-labels"], "--no-hard-pseudo-labels needs --distill (without the soft "
      "self-distillation the hard labels are the teacher's only signal to the student); --distill "
      "--no-hard-pseudo-labels is SED as Figure 1 draws it"),
@@ -121,7 +124,9 @@ def test_missing_files_are_named(tmp_path, capsys):
                            "--train-images: directory not found"),
                           (["--train-ann", str(ann), "--unlabeled-images", str(tmp_path / "photos")],
                            "--unlabeled-images: directory not found"),
-                          ([], "give --train-ann")]:
+                          ([], "give --train-ann"),
+                          (["--train-ann", str(ann), "--resume", str(tmp_path)],   # until stop 31 "file not found"
+                           f"--resume: {tmp_path} is a folder; --resume {tmp_path / 'last.pt'} continues the run it holds")]:
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err

@@ -196,9 +196,8 @@ def test_exact_lines(data, ckpt, results):
         f"error: {tmp / 'evil.pt'}: refused: it holds pickled Python objects")
     assert not (tmp / "pwned").exists()  # the pickled open() never ran
     assert res["train: resume from a checkpoint with other classes"][0].stderr == (
-        f"error: {ckpt}: its model weights do not fit this model (0 missing, "
-        "0 unexpected, 4 of another shape: roi_heads.predictor.cls_score.weight is [6, 1024] in the "
-        "checkpoint, [3, 1024] here); was it trained with another --backbone, --num-classes or --anchor-sizes?\n")
+        f"error: --resume: {ckpt} holds another model (--num-classes 5 -> 2): resume with the settings and "
+        "annotations it was trained with (its config.json)\n")
     assert res["train: missing image file"][0].stdout.count("iteration") == 0  # before any iteration
 
 
