@@ -78,4 +78,6 @@ bench: $(STAMP)
 # build/gpu-check/site only. `make gpu-check PYTHON=/path/to/python` picks another interpreter.
 PYCOCOTOOLS_WHEEL ?=
 gpu-check:
+	@$(PYTHON) -c "import torch" 2>/dev/null || { echo "error: $(PYTHON) cannot import torch: give the python \
+	that has it, e.g. make gpu-check PYTHON=/opt/conda/bin/python"; exit 1; }
 	$(PYTHON) -m sed.gpu_check --python $(PYTHON) $(if $(PYCOCOTOOLS_WHEEL),--wheel $(PYCOCOTOOLS_WHEEL))

@@ -28,7 +28,7 @@ import torch
 import sed
 from sed import distributed
 from sed.checkpoint import load_checkpoint, load_weights
-from sed.config import check_device, check_writable_dir, check_writable_file, from_dict, model_options
+from sed.config import DEFAULT_WORKERS, check_device, check_writable_dir, check_writable_file, from_dict, model_options
 from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, image_files, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict, warn_slow_precision
@@ -83,7 +83,8 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                    help="autocast precision of the inference")
     p.add_argument("--batch-size", type=int, default=8, help="images per batch and process")
-    p.add_argument("--workers", type=int, default=4, help="data loader workers per process")
+    p.add_argument("--workers", type=int, default=DEFAULT_WORKERS,
+                   help=f"data loader workers per process (4, or the CPU cores when fewer; here {DEFAULT_WORKERS})")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error "
                                                         "(also SED_DEBUG=1)")
     args = p.parse_args(argv)
@@ -164,7 +165,8 @@ def run(args):
     names = ckpt.get("class_names")
 
     if args.val_ann:
-        data = CocoDetection(args.val_ann, args.val_images)
+        with distributed.main_warns_only(dist_info):
+            data = CocoDetection(args.val_ann, args.val_images)
         if data.num_boxes() == 0:
             raise UserError(f"{args.val_ann}: no boxes (none annotated, or crowd only): COCO AP is undefined "
                             "without ground truth; --images runs the detector without metrics")

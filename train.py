@@ -207,6 +207,19 @@ def main(argv=None):
         train(cfg)
 
 
+def load_data(cfg):
+    """(labeled part, unlabeled pool or None, evaluation set or None) of a config's data flags."""
+    labeled, unlabeled = load_split(cfg.train_ann, cfg.train_images, cfg.labeled_percent, cfg.split_seed,
+                                    cfg.split_file or None, cfg.labeled_ann or None, cfg.unlabeled_ann or None)
+    if cfg.unlabeled_images:  # a folder of photos, no JSON: added to the unlabeled part (if any)
+        folder = ImageFolderDetection(cfg.unlabeled_images)
+        unlabeled = folder if unlabeled is None else ConcatDetection([unlabeled, folder])
+    if cfg.method == "sed":   # supervised training leaves the unlabeled part out
+        warn_shared_images(labeled, unlabeled)
+    val = CocoDetection(cfg.val_ann, cfg.val_images) if cfg.val_ann else None
+    return labeled, unlabeled, val
+
+
 def train(cfg):
     dist_info = distributed.setup(cfg.device)
     cfg.device = device = dist_info.device
@@ -217,14 +230,8 @@ def train(cfg):
         torch.set_flush_denormal(True)  # batch norm) made CPU steps 5-7x slower here; flush them to 0
 
     # ---- data: labeled part (+ unlabeled pool for SED) and the evaluation set ----
-    labeled, unlabeled = load_split(cfg.train_ann, cfg.train_images, cfg.labeled_percent, cfg.split_seed,
-                                    cfg.split_file or None, cfg.labeled_ann or None, cfg.unlabeled_ann or None)
-    if cfg.unlabeled_images:  # a folder of photos, no JSON: added to the unlabeled part (if any)
-        folder = ImageFolderDetection(cfg.unlabeled_images)
-        unlabeled = folder if unlabeled is None else ConcatDetection([unlabeled, folder])
-    if cfg.method == "sed":   # supervised training leaves the unlabeled part out
-        warn_shared_images(labeled, unlabeled)
-    val = CocoDetection(cfg.val_ann, cfg.val_images) if cfg.val_ann else None
+    with distributed.main_warns_only(dist_info):
+        labeled, unlabeled, val = load_data(cfg)
     if cfg.num_classes and cfg.num_classes != labeled.num_classes:
         raise UserError(f"--num-classes: wrong class count: --num-classes {cfg.num_classes} but the "
                         f"training annotations have {labeled.num_classes} categories")
@@ -238,7 +245,11 @@ def train(cfg):
         raise UserError(f"--val-ann: categories {val.class_names} (ids {sorted(val.label_to_cat_id.values())}) "
                         f"differ from the training annotations' {labeled.class_names} "
                         f"(ids {sorted(labeled.label_to_cat_id.values())})")
-    check_image_files(labeled, unlabeled, val)  # one stat per file, here rather than hours in
+    check_image_files(labeled)  # one stat per file, here rather than hours in
+    check_image_files(unlabeled, hint="; --unlabeled-ann's images are read from --train-images: a folder of "
+                      "their own (COCO's unlabeled2017) goes in as --unlabeled-images DIR, no JSON needed"
+                      if cfg.unlabeled_ann else "")
+    check_image_files(val)
     if cfg.verify_images and master:  # decode everything: minutes for COCO, so only when asked
         verify_images([labeled, unlabeled, val], cfg.workers)
     cfg.num_classes = labeled.num_classes
@@ -274,14 +285,6 @@ def train(cfg):
             raise UserError("--method: sed needs unlabeled images: give --labeled-percent < 100, "
                             "--split-file (leaving some images out), --unlabeled-ann or --unlabeled-images")
         teacher = make_teacher(model)
-    if master and unused:   # after the errors above: a run that cannot start says only why
-        warnings.warn(f"{', '.join(unused)}: not used by this run ("
-                      + ("--method supervised" if cfg.method != "sed" else "their component is switched off")
-                      + "); they change nothing")
-    if master and cfg.method == "sed" and cfg.burn_in_iters >= cfg.max_iter:
-        warnings.warn(f"--burn-in-iters {cfg.burn_in_iters} >= --max-iter {cfg.max_iter}: the whole run is "
-                      "the supervised burn-in, no SED iteration")
-
     iteration = 0  # number of completed iterations
     if cfg.resume:
         ckpt = load_checkpoint(cfg.resume, map_location=device)
@@ -299,12 +302,27 @@ def train(cfg):
         if master:
             print(f"resumed from {cfg.resume} at iteration {iteration}")
             changed = changed_settings(ckpt["config"], cfg)
+            saved_processes = len(ckpt["rng"])   # one RNG state per rank of the run that saved it
+            if saved_processes != dist_info.world_size:   # an elastic restart: allowed, but not the same run
+                changed.insert(0, f"processes {saved_processes} -> {dist_info.world_size}: "
+                                  f"{cfg.batch_size * saved_processes} -> {cfg.batch_size * dist_info.world_size} "
+                                  "labeled images per iteration, another data order")
             if changed:
                 warnings.warn(f"--resume: this run's settings differ from the checkpoint's ({', '.join(changed)}); "
-                              "pass the checkpoint's flags to continue its run unchanged")
+                              "its flags and process count continue its run unchanged")
             if iteration >= cfg.max_iter:
                 warnings.warn(f"--resume: the checkpoint is at iteration {iteration}, --max-iter is {cfg.max_iter}: "
                               "nothing to train; raise --max-iter to go on")
+    if master and unused:   # after the errors above: a run that cannot start says only why
+        warnings.warn(f"{', '.join(unused)}: not used by this run ("
+                      + ("--method supervised" if cfg.method != "sed" else "their component is switched off")
+                      + "); they change nothing")
+    if master and cfg.warmup_iters >= cfg.max_iter:
+        warnings.warn(f"--warmup-iters {cfg.warmup_iters} >= --max-iter {cfg.max_iter}: the whole run is the lr "
+                      f"warm-up (lr {learning_rate(0, cfg):g} rising, never reaching --lr {cfg.lr:g})")
+    if master and cfg.method == "sed" and cfg.burn_in_iters >= cfg.max_iter:
+        warnings.warn(f"--burn-in-iters {cfg.burn_in_iters} >= --max-iter {cfg.max_iter}: the whole run is "
+                      "the supervised burn-in, no SED iteration")
     if master:   # once the model and the checkpoint are in place: a refused --resume leaves the run as it was
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump(dataclasses.asdict(cfg), f, indent=1)

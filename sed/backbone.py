@@ -12,7 +12,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from sed.checkpoint import read_tensors
+from sed.checkpoint import one_line, read_tensors
 from sed.errors import UserError
 
 RESNETS = {
@@ -59,11 +59,20 @@ def resnet(name, weights=None, norm="frozen_bn"):
         raise FileNotFoundError(f"backbone weights {weights}: no such file")
     model = builder(weights=None, norm_layer=layer)
     state = read_tensors(weights)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    if isinstance(state, dict) and {"model", "config"} <= state.keys():
+        raise UserError(f"--backbone-weights {weights}: a checkpoint of train.py, not a ResNet's weights; "
+                        f"--resume {weights} continues from it (a supervised one as SED too)")
+    if not isinstance(state, dict):
+        raise UserError(f"--backbone-weights {weights}: not a state dict (a {type(state).__name__})")
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:   # a tensor of another shape: another ResNet's weights
+        mismatch = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), one_line(e))
+        raise UserError(f"--backbone-weights {weights}: not a {name} state dict ({mismatch})") from None
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
-        raise ValueError(f"backbone weights {weights}: not a {name} state dict "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise UserError(f"--backbone-weights {weights}: not a {name} state dict "
+                        f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
     return model
 
 

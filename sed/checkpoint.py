@@ -94,7 +94,8 @@ def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS) -> dict:
     missing = [k for k in required if not (isinstance(ckpt, dict) and k in ckpt)]
     if missing:
         raise UserError(f"{path}: not a checkpoint of train.py (no {', '.join(map(repr, missing))}; "
-                        "torchvision weights go through --backbone-weights or sed.load_torchvision_weights)")
+                        "a torchvision ResNet's weights go through --backbone-weights, a torchvision detector's through "
+                        "sed.load_torchvision_weights)")
     return ckpt
 
 

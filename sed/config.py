@@ -18,6 +18,8 @@ from sed.backbone import RESNETS
 from sed.errors import ArgumentParser, UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
+# Data loader workers per process: 4, or fewer on a machine with fewer cores (torch warns above them).
+DEFAULT_WORKERS = min(4, os.cpu_count() or 1)
 METHODS = ("supervised", "sed")
 SCALE_TARGETS = ("student", "mutual", "teacher")
 HARD_LABEL_ROIS = ("student", "teacher")
@@ -153,7 +155,7 @@ class TrainConfig:
                         "cuda" if torch.cuda.is_available() else "cpu")
     dtype: str = _help("float32 | bfloat16 | float16 (autocast; GradScaler for float16)", "float32")
     seed: int = _help("seed of model init, sampler and augmentation", 0)
-    workers: int = _help("data loader worker processes per rank", 4)
+    workers: int = _help("data loader worker processes per rank (4, or the CPU cores when fewer)", DEFAULT_WORKERS)
     eval_batch_size: int = _help("images per inference batch and process", 8)
     resume: str = _help("checkpoint to continue from exactly (e.g. OUT/last.pt)", "")
     debug: bool = _help("show the Python traceback of a user error (also SED_DEBUG=1)", False)

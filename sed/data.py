@@ -51,7 +51,9 @@ def _load_coco_json(ann_file):
         raise UserError(f"{ann_file}: not a COCO annotation file (not a JSON object)")
     for key in ("images", "annotations", "categories"):
         if key not in data:
-            raise UserError(f"{ann_file}: not a COCO annotation file (missing '{key}')")
+            images_only = key == "annotations" and "images" in data   # COCO's image_info_unlabeled2017.json
+            raise UserError(f"{ann_file}: not a COCO annotation file (missing '{key}')" + (
+                "; unlabeled images need no JSON: --unlabeled-images DIR takes their folder" if images_only else ""))
     for key in ("images", "annotations", "categories"):
         if not (isinstance(data[key], list) and all(isinstance(e, dict) for e in data[key])):
             raise UserError(f"{ann_file}: not a COCO annotation file ('{key}' is not a list of objects)")
@@ -561,17 +563,17 @@ def warn_shared_images(labeled, unlabeled):
                       f"unlabeled images are listed more than once (e.g. {_examples(shared or repeated, 1)})")
 
 
-def check_image_files(*datasets):
+def check_image_files(*datasets, hint=""):
     """Every image file that the COCO data sets name exists, checked before the first iteration
     rather than when the sampler first meets a missing file hours in. One UserError per annotation
-    file, with the count and the first names. None entries are skipped."""
+    file, with the count, the first names and `hint` (what to do instead). None entries are skipped."""
     for part in (p for d in datasets if d is not None for p in _parts(d)):
         if not isinstance(part, CocoDetection):
             continue  # a folder's files were listed from the disk
         missing = _missing_files(str(part.image_dir), [part.coco.imgs[i]["file_name"] for i in part.image_ids])
         if missing:
             raise UserError(f"{part.ann_file}: {len(missing)} of its {len(part)} image files are not in "
-                            f"{part.image_dir}: {_examples(missing)}")
+                            f"{part.image_dir}: {_examples(missing)}{hint}")
 
 
 def _verify_one(entry):

@@ -1,6 +1,8 @@
 """DDP detected from the environment, as in nanoGPT: `torchrun` sets RANK/WORLD_SIZE/LOCAL_RANK,
 a plain `python train.py` runs as a single process. NCCL on CUDA, gloo on CPU."""
+import contextlib
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +20,16 @@ class DistInfo:
     @property
     def distributed(self):
         return self.world_size > 1
+
+
+@contextlib.contextmanager
+def main_warns_only(dist_info):
+    """Warnings inside show on the main process only: for work that every rank repeats alike (reading the
+    same annotation files), which would print each warning once per process."""
+    with warnings.catch_warnings():
+        if not dist_info.is_main:
+            warnings.simplefilter("ignore")
+        yield
 
 
 def launched():

@@ -34,22 +34,27 @@ def debug_requested(flag=False):
     return flag or os.environ.get("SED_DEBUG", "") not in ("", "0")
 
 
+def rank_prefix():
+    """"" on rank 0 (or without torchrun), else "[rank k] ": a line of another rank is attributed."""
+    rank = os.environ.get("RANK", "0")
+    return "" if rank == "0" else f"[rank {rank}] "
+
+
 def report(message):
     """`error: <message>` on stderr; under torchrun ranks other than 0 prefix their rank, so that a
     problem met by one rank only (a corrupt image in its shard) is still attributed."""
-    rank = os.environ.get("RANK", "0")
-    prefix = "" if rank == "0" else f"[rank {rank}] "
     from tqdm import tqdm  # end the line of an open progress bar, so the error has a line of its own
     for bar in list(getattr(tqdm, "_instances", ())):
         bar.close()
-    print(f"{prefix}error: {message}", file=sys.stderr, flush=True)
+    sys.stderr.write(f"{rank_prefix()}error: {message}\n")   # one write: ranks' lines do not interleave
+    sys.stderr.flush()
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None):
-    """warnings.showwarning as one line `warning: <message>` on stderr, on a line of its own above an open
-    progress bar (tqdm.write)."""
+    """warnings.showwarning as one line `warning: <message>` on stderr (with report's rank prefix), on a
+    line of its own above an open progress bar (tqdm.write), written at once with its newline."""
     from tqdm import tqdm
-    tqdm.write(f"warning: {message}", file=sys.stderr if file is None else file)
+    tqdm.write(f"{rank_prefix()}warning: {message}\n", file=sys.stderr if file is None else file, end="")
 
 
 @contextlib.contextmanager

@@ -59,6 +59,11 @@ def test_not_coco(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({"annotations": [], "categories": []}))
     with pytest.raises(ValueError, match=r"b.json: not a COCO annotation file \(missing 'images'\)"):
         CocoDetection(tmp_path / "b.json", tmp_path)
+    (tmp_path / "image_info.json").write_text(json.dumps({"images": [_img(1)], "categories": []}))   # unlabeled2017's
+    with pytest.raises(UserError) as info:
+        CocoDetection(tmp_path / "image_info.json", tmp_path)
+    assert str(info.value) == (f"{tmp_path / 'image_info.json'}: not a COCO annotation file (missing 'annotations'); "
+                               "unlabeled images need no JSON: --unlabeled-images DIR takes their folder")
 
 
 def test_unknown_category(tmp_path):

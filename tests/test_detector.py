@@ -7,6 +7,7 @@ from torchvision.ops.poolers import LevelMapper
 
 import sed
 from sed.backbone import BackboneFPN
+from sed.errors import UserError
 from sed.roi_heads import MultiLevelRoIAlign, RoIHeads
 from sed.rpn import RegionProposalNetwork, flatten_outputs
 from sed.transform import ImageBatch
@@ -213,6 +214,12 @@ def test_backbone_weights_from_file(tmp_path):
     torch.save({"not": torch.zeros(1)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="not a resnet18 state dict"):
         BackboneFPN("resnet18", weights=str(tmp_path / "bad.pth"))
+    torch.save(torchvision.models.resnet50().state_dict(), tmp_path / "r50.pth")   # tracebacks until stop 31:
+    with pytest.raises(UserError, match=r"r50.pth: not a resnet18 state dict \(size mismatch for layer1.0.conv1.weight"):
+        BackboneFPN("resnet18", weights=str(tmp_path / "r50.pth"))
+    torch.save({"model": {}, "config": {}, "iteration": 0}, tmp_path / "last.pt")
+    with pytest.raises(UserError, match=r"last.pt: a checkpoint of train.py, not a ResNet's weights; --resume "):
+        BackboneFPN("resnet18", weights=str(tmp_path / "last.pt"))
     (tmp_path / "notes.txt").write_text("hi\n")  # made torch's unpickler raise KeyError
     with pytest.raises(ValueError, match=r"notes.txt: not a checkpoint \(not a file written by torch.save"):
         BackboneFPN("resnet18", weights=str(tmp_path / "notes.txt"))

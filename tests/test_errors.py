@@ -22,6 +22,7 @@ import torchvision
 from sed.backbone import imagenet_resnet
 from sed.checkpoint import load_checkpoint
 from sed.data import CocoDetection, TrainBatchSampler
+from sed.distributed import DistInfo, main_warns_only
 from sed.errors import UserError, show_warning, user_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -305,6 +306,20 @@ def test_cuda_out_of_memory_names_the_memory_flags(data, tmp_path, monkeypatch, 
     monkeypatch.setenv("SED_DEBUG", "1")  # the traceback instead
     with pytest.raises(torch.cuda.OutOfMemoryError):
         train.main(train_args(data, tmp_path)[1:])
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_under_torchrun_a_rank_s_warnings_are_attributed_and_data_warnings_shown_once(rank, monkeypatch, capsys):
+    """Until stop 31 every rank printed each warning of the annotation files it reads alike, unattributed
+    and at times two on one line. Now rank 0 alone shows those; other warnings carry report's rank prefix."""
+    monkeypatch.setenv("RANK", str(rank))
+    with user_errors():
+        with main_warns_only(DistInfo(rank=rank, world_size=2, is_main=rank == 0)):
+            warnings.warn(f"ann.json: dropped 3 degenerate boxes (w or h < 1), rank {rank}")
+        warnings.warn(f"photo{rank}.jpg: cannot read the image: skipped")   # a file of this rank's shard
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    shared = [f"warning: ann.json: dropped 3 degenerate boxes (w or h < 1), rank {rank}\n"] if rank == 0 else []
+    assert capsys.readouterr().err == "".join([*shared, f"{prefix}warning: photo{rank}.jpg: cannot read the image: skipped\n"])
 
 
 def test_ctrl_c_and_warnings_are_one_line(capsys):

@@ -1,6 +1,8 @@
 """sed.gpu_check's bookkeeping: pass / fail / skip / time-out of a part, the summary table, and
 CUDA parts reported as skipped (not failed) on a machine without a GPU."""
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -46,3 +48,12 @@ def test_wheels_of_present_modules_are_not_installed(tmp_path):
     gpu_check.install_wheels(sys.executable, [str(tmp_path / "numpy-2.0.0-cp312-cp312-manylinux2014_x86_64.whl"),
                                               str(tmp_path / "Pillow-10.0.0-cp312-cp312-any.whl")], tmp_path / "site")
     assert not (tmp_path / "site").exists()
+
+
+def test_make_gpu_check_without_torch_is_one_line(tmp_path):
+    """On GPU images python3 is often not the python with torch: one line naming PYTHON= (a traceback
+    ending in ModuleNotFoundError until stop 31)."""
+    result = subprocess.run(["make", "-s", "gpu-check", "PYTHON=false"], cwd=Path(__file__).resolve().parents[1],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and result.stdout == ("error: false cannot import torch: give the python that "
+                                                         "has it, e.g. make gpu-check PYTHON=/opt/conda/bin/python\n")

@@ -261,9 +261,10 @@ def test_sed_needs_unlabeled_images(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("method", ["supervised", "sed"])
-def test_two_process_ddp_gloo(data, tmp_path, method):
+def test_two_process_ddp_gloo(data, tmp_path, method, capsys):
     """torchrun with 2 CPU processes: replicas stay identical (checksums logged by rank 0), each rank
-    evaluates its shard, and the checkpoint loads in eval.py."""
+    evaluates its shard, and the checkpoint loads in eval.py. Resumed by one process, the run is warned
+    that it goes on with half the batch (silent until stop 31)."""
     out = tmp_path / "ddp"
     extra = SED_FLAGS + ["--diagnostics-images", "0"] if method == "sed" else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
@@ -281,6 +282,12 @@ def test_two_process_ddp_gloo(data, tmp_path, method):
                       "--val-images", str(data["val_images"]), "--device", "cpu", "--workers", "0",
                       "--json", str(out / "m.json")])
     assert set(json.loads((out / "m.json").read_text())) == set(train.METRIC_NAMES)
+    if method == "supervised":
+        capsys.readouterr()
+        train.main(argv(data, out, 4, "--batch-size", "1", "--resume", str(out / "last.pt")))
+        assert ("warning: --resume: this run's settings differ from the checkpoint's (processes 2 -> 1: 2 -> 1 "
+                "labeled images per iteration, another data order); its flags and process count continue its "
+                "run unchanged") in capsys.readouterr().err.splitlines()
 
 
 def test_tensorboard_writes_events(data, tmp_path):
@@ -322,8 +329,27 @@ def test_resume_after_a_kill_in_a_log_line_and_into_float16(data, tmp_path, caps
 def test_settings_that_change_nothing_are_warned_of(data, tmp_path, capsys):
     """SED settings under --method supervised, and a burn-in as long as the run, say so in one line each."""
     train.main(argv(data, tmp_path / "sup", 1, "--pseudo-threshold", "0.3", "--ema-momentum", "0.5"))
+    err = capsys.readouterr().err
     assert ("warning: --ema-momentum, --pseudo-threshold: not used by this run (--method supervised); they change "
-            "nothing") in capsys.readouterr().err
+            "nothing") in err
+    assert ("warning: --warmup-iters 2 >= --max-iter 1: the whole run is the lr warm-up (lr 1e-05 rising, never "
+            "reaching --lr 0.01)") in err.splitlines()   # since stop 31 (argv's --warmup-iters 2)
     train.main(argv(data, tmp_path / "sed", 1, *SED_FLAGS[:4], "--burn-in-iters", "1"))
     assert "warning: --burn-in-iters 1 >= --max-iter 1: the whole run is the supervised burn-in, no SED iteration" \
         in capsys.readouterr().err
+
+
+def test_an_unlabeled_json_whose_images_are_elsewhere_names_unlabeled_images(data, tmp_path, capsys):
+    """COCO's unlabeled2017 lies in a folder of its own; --unlabeled-ann reads from --train-images (the helper
+    probe of stop 31 found the line gave no way out)."""
+    coco = json.loads(Path(data["val_ann"]).read_text())
+    for image in coco["images"]:
+        image["file_name"] = "unlabeled2017/" + image["file_name"]   # not under --train-images
+    (tmp_path / "unlabeled.json").write_text(json.dumps(coco))
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, tmp_path / "run", 2, "--labeled-ann", str(data["train_ann"]), "--unlabeled-ann",
+                        str(tmp_path / "unlabeled.json"), "--method", "sed"))
+    assert stop.value.code == 1
+    assert capsys.readouterr().err.splitlines()[-1].endswith(
+        "; --unlabeled-ann's images are read from --train-images: a folder of their own (COCO's unlabeled2017) "
+        "goes in as --unlabeled-images DIR, no JSON needed")
