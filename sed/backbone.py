@@ -12,8 +12,8 @@ import torchvision
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from sed.checkpoint import one_line, read_tensors
-from sed.errors import UserError
+from sed.checkpoint import read_tensors
+from sed.errors import UserError, one_line
 
 RESNETS = {
     "resnet18": (torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 import torch
 
-from sed.errors import UserError
+from sed.errors import UserError, one_line
 
 REQUIRED_KEYS = ("model", "iteration", "config")
 
@@ -94,13 +94,9 @@ def load_checkpoint(path, map_location="cpu", required=REQUIRED_KEYS) -> dict:
     missing = [k for k in required if not (isinstance(ckpt, dict) and k in ckpt)]
     if missing:
         raise UserError(f"{path}: not a checkpoint of train.py (no {', '.join(map(repr, missing))}; "
-                        "a torchvision ResNet's weights go through --backbone-weights, a torchvision detector's through "
-                        "sed.load_torchvision_weights)")
+                        "a torchvision ResNet's weights go through --backbone-weights, a torchvision detector's "
+                        "through sed.load_torchvision_weights)")
     return ckpt
-
-
-def one_line(error):
-    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
 
 
 def load_weights(model, state_dict, path, what="model"):

@@ -125,8 +125,10 @@ def test_missing_files_are_named(tmp_path, capsys):
                           (["--train-ann", str(ann), "--unlabeled-images", str(tmp_path / "photos")],
                            "--unlabeled-images: directory not found"),
                           ([], "give --train-ann"),
-                          (["--train-ann", str(ann), "--resume", str(tmp_path)],   # until stop 31 "file not found"
-                           f"--resume: {tmp_path} is a folder; --resume {tmp_path / 'last.pt'} continues the run it holds")]:
+                          # until stop 31 "file not found":
+                          (["--train-ann", str(ann), "--resume", str(tmp_path)],
+                           f"--resume: {tmp_path} is a folder; --resume {tmp_path / 'last.pt'} continues the run "
+                           "it holds")]:
         with pytest.raises(SystemExit):
             parse_args(argv)
         assert message in capsys.readouterr().err

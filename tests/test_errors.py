@@ -319,7 +319,8 @@ def test_under_torchrun_a_rank_s_warnings_are_attributed_and_data_warnings_shown
         warnings.warn(f"photo{rank}.jpg: cannot read the image: skipped")   # a file of this rank's shard
     prefix = "" if rank == 0 else f"[rank {rank}] "
     shared = [f"warning: ann.json: dropped 3 degenerate boxes (w or h < 1), rank {rank}\n"] if rank == 0 else []
-    assert capsys.readouterr().err == "".join([*shared, f"{prefix}warning: photo{rank}.jpg: cannot read the image: skipped\n"])
+    own = f"{prefix}warning: photo{rank}.jpg: cannot read the image: skipped\n"
+    assert capsys.readouterr().err == "".join([*shared, own])
 
 
 def test_ctrl_c_and_warnings_are_one_line(capsys):
