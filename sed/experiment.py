@@ -131,6 +131,8 @@ def parse_args(argv):
     p.add_argument("--burn-in", type=int, default=600, help="supervised iterations shared by a seed's rows")
     p.add_argument("--lr-step", type=int, default=0, help="iteration of the x0.1 lr step of every run "
                    "(0: after 3/4 of the iterations that follow the burn-in; design choice)")
+    p.add_argument("--eval-every", type=int, default=0, help="evaluate (and measure the pseudo-labels) every N "
+                   "iterations too; each run's JSON keeps the curve; 0 = only at the end")
     p.add_argument("--sed-flags", nargs=argparse.REMAINDER, default=[],
                    help="extra train.py flags for every semi-supervised row (last; for tuning)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -166,7 +168,7 @@ def common_flags(args, data, seed):
             "--roi-batch-size", "64", "--box-head-dim", "256", "--fpn-channels", "64",
             "--batch-size", "4", "--lr", "0.01",
             "--warmup-iters", "50", "--lr-steps", str(lr_step(args)), "--grad-clip", "10",
-            "--eval-every", "0", "--checkpoint-every", str(args.burn_in), "--log-every", "20",
+            "--eval-every", str(args.eval_every), "--checkpoint-every", str(args.burn_in), "--log-every", "20",
             "--workers", "0", "--device", args.device]
 
 
@@ -194,7 +196,8 @@ def run(cmd, log_path):
 def run_record(run_dir, row, seed, cmd, minutes):
     """What a finished run leaves in RESULTS/<row>_seed<k>.json."""
     model = "student" if row == "supervised" else "teacher"
-    metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("model", "student") == model][-1]
+    evaluations = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("model", "student") == model]
+    metrics = evaluations[-1]
     diagnostics = [r for r in read_jsonl(run_dir / "log.jsonl") if "pl_num_images" in r]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "sed", "train.py"], cwd=ROOT,
@@ -202,7 +205,18 @@ def run_record(run_dir, row, seed, cmd, minutes):
     return {"row": row, "seed": seed, "model": model, "metrics": {k: metrics[k] for k in COLUMNS},
             "diagnostics": {k: diagnostics[-1].get(k) for k in DIAGNOSTICS} if diagnostics else {},
             "commit": commit + ("+uncommitted" if dirty else ""), "minutes": round(minutes, 1),
-            "command": ["python", *cmd], "settings": settings(cmd)}
+            "command": ["python", *cmd], "settings": settings(cmd)} | curve(evaluations, diagnostics)
+
+
+def curve(evaluations, diagnostics):
+    """{"curve": [one entry per evaluation: iteration, COLUMNS, DIAGNOSTICS of that iteration]} when the run
+    was evaluated more than once (--eval-every); {} otherwise."""
+    if len(evaluations) < 2:
+        return {}
+    by_iteration = {r["iteration"]: r for r in diagnostics}
+    return {"curve": [{"iteration": m["iteration"], **{k: m[k] for k in COLUMNS},
+                       **{k: by_iteration[m["iteration"]][k] for k in DIAGNOSTICS if m["iteration"] in by_iteration}}
+                      for m in evaluations]}
 
 
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}

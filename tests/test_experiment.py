@@ -314,3 +314,16 @@ def test_a_new_row_pairs_only_with_saved_runs_of_the_same_burn_in(tmp_path, caps
     (results / "sed_hard_seed0.json").write_text(json.dumps({"row": "sed_hard"}))  # saved before stop 26
     check_pairing(results, 0, same)
     assert "sed_hard_seed0.json record no burn-in checksum" in capsys.readouterr().err
+
+
+def test_a_run_evaluated_more_than_once_keeps_its_curve():
+    """--eval-every: one curve entry per evaluation, with the pseudo-label diagnostics of that iteration."""
+    metrics = {k: 1.0 for k in sed.experiment.COLUMNS}
+    evaluations = [{"iteration": 300, "model": "teacher", **metrics}, {"iteration": 600, "model": "teacher",
+                                                                        **metrics, "AP": 2.0}]
+    diagnostics = [{"iteration": 600, "pl_num_images": 4.0, **{k: 0.5 for k in sed.experiment.DIAGNOSTICS}}]
+    points = sed.experiment.curve(evaluations, diagnostics)["curve"]
+    assert [p["iteration"] for p in points] == [300, 600] and [p["AP"] for p in points] == [1.0, 2.0]
+    assert "pl_recall@0.5" not in points[0] and points[1]["pl_recall@0.5"] == 0.5
+    assert sed.experiment.curve(evaluations[:1], diagnostics) == {}
+    assert parse_args(["--eval-every", "300"]).eval_every == 300
