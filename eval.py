@@ -32,7 +32,7 @@ from sed.config import DEFAULT_WORKERS, check_device, check_writable_dir, check_
 from sed.data import IMAGE_EXTENSIONS, CocoDetection, check_image_files, image_files, load_rgb
 from sed.errors import ArgumentParser, UserError, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, predict, warn_slow_precision
-from sed.visualize import visualize_dataset
+from sed.visualize import resolve_font, visualize_dataset
 
 class ImageFolder(torch.utils.data.Dataset):
     """The images of a folder with the interface of sed.data.CocoDetection that predict() and
@@ -77,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--visualize", default="", metavar="DIR", help="write pictures with the detections here")
     p.add_argument("--score-thr", type=float, help="--visualize draws detections >= this score (default 0.5)")
     p.add_argument("--max-images", type=int, help="--visualize draws the first N images (default 50)")
+    p.add_argument("--font", help="--visualize labels in this TrueType/OpenType font (default DejaVuSans when "
+                                  "Pillow finds it): one with the class names' script, e.g. NotoSansCJK-Regular.ttc")
     p.add_argument("--model", choices=("teacher", "student"), default=None,
                    help="which weights to evaluate; default: teacher when the checkpoint has one")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda | cpu")
@@ -106,8 +108,8 @@ def parse_args(argv=None):
             p.error(f"--images: no {'/'.join(e[1:] for e in IMAGE_EXTENSIONS)} files in {args.images} "
                     "or its subfolders")
         args.dets = args.dets or str(Path(args.images).resolve()) + "_detections.json"   # beside the folder
-    picture_flags = [flag for flag, value in (("--score-thr", args.score_thr), ("--max-images", args.max_images))
-                     if value is not None]
+    picture_flags = [flag for flag, value in (("--score-thr", args.score_thr), ("--max-images", args.max_images),
+                                              ("--font", args.font)) if value is not None]
     if picture_flags and not args.visualize:
         p.error(f"{' and '.join(picture_flags)} need --visualize (they choose what its pictures show)")
     args.score_thr = 0.5 if args.score_thr is None else args.score_thr
@@ -125,6 +127,7 @@ def parse_args(argv=None):
                 check_writable_file(path, flag)
         if args.visualize:
             check_writable_dir(args.visualize, "--visualize")
+            args.font = resolve_font(args.font or "") or ""   # "" = Pillow's default font
     except UserError as e:
         p.error(str(e))
     return args
@@ -199,7 +202,7 @@ def run(args):
         # runs the model again on these few images: simpler than mapping COCO results back
         with autocast(dist_info.device, args.dtype):
             paths = visualize_dataset(model, data, range(min(args.max_images, len(data))), args.visualize,
-                                      dist_info.device, args.score_thr, args.batch_size)
+                                      dist_info.device, args.score_thr, args.batch_size, font=args.font)
         print(f"{len(paths)} pictures (detections >= {args.score_thr}) -> {args.visualize}")
     distributed.cleanup()
 

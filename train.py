@@ -61,8 +61,8 @@ import sed
 from sed import distributed
 from sed.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, rng_state,
                             save_checkpoint, set_rng_state)
-from sed.config import (WEIGHT_FIELDS, changed_settings, describe_batch, differences, model_options, parse_args,
-                        resolve_batch, unused_settings)
+from sed.config import (WEIGHT_FIELDS, TrainConfig, changed_settings, describe_batch, differences, model_options,
+                        parse_args, resolve_batch, unused_settings)
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images, warn_shared_images, worker_batches)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
@@ -83,6 +83,19 @@ def learning_rate(it, cfg):
         alpha = it / cfg.warmup_iters
         warmup = cfg.warmup_factor * (1 - alpha) + alpha
     return cfg.lr * warmup * cfg.lr_gamma ** sum(it >= step for step in cfg.lr_steps)
+
+
+def lr_steps_warning(cfg):
+    """A warning when the default --lr-steps (60000 80000, made for the 1x recipe's 90k iterations) are not
+    before --max-iter: the lr would never decay. None otherwise, and for --lr-steps given by hand. The
+    suggestion puts the steps where the 1x recipe has them, at 2/3 and 8/9 of the run."""
+    default = TrainConfig()
+    if cfg.lr_steps != default.lr_steps or cfg.max_iter > cfg.lr_steps[0]:
+        return None
+    steps = ' '.join(map(str, cfg.lr_steps))
+    suggestion = f"; the 1x recipe's places for this run: --lr-steps {cfg.max_iter * 2 // 3} {cfg.max_iter * 8 // 9}"
+    return (f"--lr-steps {steps} (the default, for --max-iter {default.max_iter}) are not before --max-iter "
+            f"{cfg.max_iter}: the lr never decays" + (suggestion if cfg.max_iter >= 9 else ""))
 
 
 def supervised_step(objective, images, targets, cfg):
@@ -320,6 +333,8 @@ def train(cfg):
     if master and cfg.warmup_iters >= cfg.max_iter:
         warnings.warn(f"--warmup-iters {cfg.warmup_iters} >= --max-iter {cfg.max_iter}: the whole run is the lr "
                       f"warm-up (lr {learning_rate(0, cfg):g} rising, never reaching --lr {cfg.lr:g})")
+    if master and lr_steps_warning(cfg):
+        warnings.warn(lr_steps_warning(cfg))
     if master and cfg.method == "sed" and cfg.burn_in_iters >= cfg.max_iter:
         warnings.warn(f"--burn-in-iters {cfg.burn_in_iters} >= --max-iter {cfg.max_iter}: the whole run is "
                       "the supervised burn-in, no SED iteration")

@@ -337,6 +337,21 @@ def test_settings_that_change_nothing_are_warned_of(data, tmp_path, capsys):
     train.main(argv(data, tmp_path / "sed", 1, *SED_FLAGS[:4], "--burn-in-iters", "1"))
     assert "warning: --burn-in-iters 1 >= --max-iter 1: the whole run is the supervised burn-in, no SED iteration" \
         in capsys.readouterr().err
+    flags = argv(data, tmp_path / "steps", 1)
+    at = flags.index("--lr-steps")
+    train.main(flags[:at] + flags[at + 2:])
+    assert ("warning: --lr-steps 60000 80000 (the default, for --max-iter 90000) are not before --max-iter 1: the lr "
+            "never decays\n") in capsys.readouterr().err
+
+
+def test_default_lr_steps_beyond_the_run_are_named_with_the_1x_recipe_s_places():
+    """Only the default steps are questioned: steps set by hand beyond --max-iter are a choice (the
+    experiment's burn-ins are the first part of a longer schedule)."""
+    message = train.lr_steps_warning(train.parse_args(["--max-iter", "5000"], check_files=False))
+    assert message.endswith("the lr never decays; the 1x recipe's places for this run: --lr-steps 3333 4444")
+    assert train.lr_steps_warning(train.parse_args(["--max-iter", "60001"], check_files=False)) is None
+    assert train.lr_steps_warning(train.parse_args(["--max-iter", "600", "--lr-steps", "825"], check_files=False)) \
+        is None
 
 
 def test_an_unlabeled_json_whose_images_are_elsewhere_names_unlabeled_images(data, tmp_path, capsys):

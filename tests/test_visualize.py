@@ -1,10 +1,11 @@
 """Drawing detections / ground truth and writing PNG files."""
+import pytest
 import torch
 from PIL import Image
 from torch import nn
 
-from sed.visualize import (DET_COLOR, GT_COLOR, draw_detections, save_png, save_visualizations,
-                           visualize_dataset)
+from sed.visualize import (DET_COLOR, GT_COLOR, draw_detections, missing_glyphs, resolve_font, save_png,
+                           save_visualizations, visualize_dataset)
 
 IMAGE = torch.zeros(3, 64, 96)  # black, H = 64, W = 96
 DETS = {"boxes": torch.tensor([[10., 10., 50., 50.], [60., 5., 90., 30.]]),
@@ -77,3 +78,20 @@ def test_without_a_truetype_font_falls_back_to_the_default(monkeypatch):
     monkeypatch.setattr("sed.visualize.FONT", "no-such-font.ttf")
     out = draw_detections(IMAGE, DETS, NAMES)
     assert pixel(out, 50, 30) == DET_COLOR
+
+
+class NamedDataset(list):
+    class_names = ["cat", "\u732b", "\u72ac dog"]   # cat, neko, inu: Chinese characters as a COCO file may have them
+
+
+@pytest.mark.skipif(resolve_font() is None, reason="DejaVuSans is not installed")
+def test_class_names_the_font_cannot_draw_are_warned_of_once(tmp_path):
+    """DejaVuSans has Latin letters but no Chinese characters: they would be drawn as empty boxes."""
+    assert missing_glyphs(resolve_font(), "\u72ac dog \u732b\u732b") == "\u72ac\u732b"
+    assert missing_glyphs(resolve_font(), "cat \u00e9t\u00e9 \u03b1") == ""   # accents and Greek: DejaVu has them
+    dataset = NamedDataset([(IMAGE, {**GT, "image_id": i}) for i in range(2)])
+    with pytest.warns(UserWarning) as caught:
+        visualize_dataset(FixedModel(), dataset, [0, 1], tmp_path, batch_size=1)
+    assert [str(w.message) for w in caught] == [
+        "2 class names (\u732b, \u72ac dog) have characters that DejaVuSans.ttf cannot draw (\u72ac\u732b): their labels "
+        "show them as empty boxes; --font FILE picks a font that has them (e.g. NotoSansCJK-Regular.ttc)"]
