@@ -456,10 +456,47 @@ def render_markdown(table, family):
     for r in rows[1:] if rows and rows[0] == "supervised" else rows:
         cells = [mean_of([run["diagnostics"].get(k) for run in table[r].values()]) for k in DIAGNOSTICS]
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    lines += render_curves(table, rows)
     commits = sorted({run["commit"] for runs in table.values() for run in runs.values()})
     lines += ["", f"Commits: {', '.join(commits)}. Exact flags of each run: the JSON files beside this one."]
     return "\n".join(lines) + "\n"
 
+
+def at_iteration(run, iteration, key):
+    """A run's value of key at an evaluation of its curve (--eval-every); None where it has none."""
+    return next((point.get(key) for point in run.get("curve", ()) if point["iteration"] == iteration), None)
+
+
+def render_curves(table, rows):
+    """results.md's lines for runs evaluated during training (--eval-every): per row and evaluation, AP mean
+    +- std over seeds, each SED row's AP gain over supervised (paired per seed) and its teacher's
+    pl_recall@0.5 and pl_dets_per_image (means); [] when no run has a curve."""
+    iterations = sorted({p["iteration"] for r in rows for run in table[r].values() for p in run.get("curve", ())})
+    if not iterations:
+        return []
+
+    def values(row, iteration, key="AP"):   # {seed: value} of the row's runs evaluated at that iteration
+        return {s: v for s, run in table[row].items() if (v := at_iteration(run, iteration, key)) is not None}
+
+    def gains(row, iteration):
+        base = values("supervised", iteration)
+        return [v - base[s] for s, v in values(row, iteration).items() if s in base]
+
+    def line(row, cells):
+        return f"| {row} | " + " | ".join(cells) + " |"
+
+    header = [line("row", map(str, iterations)), "|---" * (len(iterations) + 1) + "|"]
+    sed_rows = [r for r in rows if r != "supervised"]
+    lines = ["", "During training (every --eval-every iterations; SED rows: the EMA teacher), AP:", "", *header]
+    lines += [line(r, [mean_std(list(values(r, i).values())) if values(r, i) else "-" for i in iterations])
+              for r in rows]
+    if "supervised" in table and sed_rows:
+        lines += ["", "AP gain over supervised, paired per seed:", "", *header]
+        lines += [line(r, [mean_std(gains(r, i)) if gains(r, i) else "-" for i in iterations]) for r in sed_rows]
+    for key in ("pl_recall@0.5", "pl_dets_per_image"):
+        lines += ["", f"Teacher's {key}, mean over seeds:", "", *header]
+        lines += [line(r, [mean_of(list(values(r, i, key).values())) for i in iterations]) for r in sed_rows]
+    return lines
 
 def ranks(values):
     """Rank of each value, 1 = smallest; ties share their mean rank (as Spearman's coefficient needs)."""

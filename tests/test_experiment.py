@@ -327,3 +327,28 @@ def test_a_run_evaluated_more_than_once_keeps_its_curve():
     assert "pl_recall@0.5" not in points[0] and points[1]["pl_recall@0.5"] == 0.5
     assert sed.experiment.curve(evaluations[:1], diagnostics) == {}
     assert parse_args(["--eval-every", "300"]).eval_every == 300
+
+
+def test_results_show_the_curves_of_runs_evaluated_during_training(tmp_path):
+    """Per row and evaluation: AP mean +- std, the gain over supervised paired per seed, the diagnostics."""
+    for seed, (sup, sed) in enumerate([((10.0, 12.0), (11.0, 15.0)), ((20.0, 22.0), (20.0, 26.0))]):
+        for row, aps in (("supervised", sup), ("sed_hard_no_distill", sed)):
+            write_run(tmp_path, row, seed, aps[-1])
+            path = tmp_path / f"{row}_seed{seed}.json"
+            record = json.loads(path.read_text())
+            record["curve"] = [{"iteration": it, "AP": ap, "pl_recall@0.5": 0.5 + seed / 10}
+                               for it, ap in zip((300, 600), aps)]
+            path.write_text(json.dumps(record))
+    lines = render_markdown(load_results(tmp_path), "shapes").splitlines()
+    at = lines.index("During training (every --eval-every iterations; SED rows: the EMA teacher), AP:")
+    assert lines[at + 2:at + 6] == ["| row | 300 | 600 |", "|---|---|---|",
+                                    "| supervised | 15.0 ± 7.1 | 17.0 ± 7.1 |",
+                                    "| sed_hard_no_distill | 15.5 ± 6.4 | 20.5 ± 7.8 |"]
+    at = lines.index("AP gain over supervised, paired per seed:")
+    assert lines[at + 4] == "| sed_hard_no_distill | 0.5 ± 0.7 | 3.5 ± 0.7 |"
+    at = lines.index("Teacher's pl_recall@0.5, mean over seeds:")
+    assert lines[at + 4] == "| sed_hard_no_distill | 0.55 | 0.55 |"
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    write_run(plain, "supervised", 0, 1.0)   # evaluated at the end only: no such lines
+    assert "During training" not in render_markdown(load_results(plain), "shapes")

@@ -93,5 +93,5 @@ def test_class_names_the_font_cannot_draw_are_warned_of_once(tmp_path):
     with pytest.warns(UserWarning) as caught:
         visualize_dataset(FixedModel(), dataset, [0, 1], tmp_path, batch_size=1)
     assert [str(w.message) for w in caught] == [
-        "2 class names (\u732b, \u72ac dog) have characters that DejaVuSans.ttf cannot draw (\u72ac\u732b): their labels "
-        "show them as empty boxes; --font FILE picks a font that has them (e.g. NotoSansCJK-Regular.ttc)"]
+        "2 class names (\u732b, \u72ac dog) have characters that DejaVuSans.ttf cannot draw (\u72ac\u732b): their "
+        "labels show them as empty boxes; --font FILE picks a font that has them (e.g. NotoSansCJK-Regular.ttc)"]
