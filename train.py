@@ -387,7 +387,7 @@ def train(cfg):
                 log("metrics.jsonl", {"iteration": it, "model": name, **{k: metrics[k] for k in METRIC_NAMES}})
                 tqdm.write(f"iteration {it}: {name} AP {metrics['AP']:.2f}  AP50 {metrics['AP50']:.2f}")
         if master and diagnostics_sample:
-            stats = diagnose(teacher, unlabeled, diagnostics_sample, device)
+            stats = diagnose(teacher, unlabeled, diagnostics_sample, device, cfg=cfg)
             log("log.jsonl", {"iteration": it, **stats})
             tqdm.write(f"iteration {it}: {format_summary(stats)}")
             warning = collapse_warning(stats, first_diagnostics.setdefault("stats", stats))

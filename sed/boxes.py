@@ -41,8 +41,13 @@ class BoxCoder:
         return torch.stack((dx, dy, dw, dh), dim=1)
 
     def decode(self, deltas, ref):
-        """deltas [N, 4k] (k boxes per reference, e.g. one per class), ref [N, 4] -> boxes [N, k, 4]."""
-        ref = ref.to(deltas.dtype)
+        """deltas [N, 4k] (k boxes per reference, e.g. one per class), ref [N, 4] -> boxes [N, k, 4], float32.
+
+        Deviates from torchvision, which casts ref to the deltas' dtype: under bfloat16 autocast (8
+        significant bits) a coordinate near 1000 px would round to a multiple of 4-8 px, and so would the
+        proposals, the detections and SED's pseudo-labels. Float32 inputs give torchvision's numbers.
+        """
+        deltas, ref = deltas.float(), ref.float()
         wx, wy, ww, wh = self.weights
         ref_w = ref[:, 2] - ref[:, 0]
         ref_h = ref[:, 3] - ref[:, 1]

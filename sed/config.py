@@ -97,7 +97,9 @@ class TrainConfig:
     scale_roi: bool = _help("design choice: the scale link's RoI-head part (the 0.5x view on the proposals / 2); "
                             "off = its RPN part only, which cost AP on every run of the CPU experiment, "
                             "mostly APs (README \"Experiment\")", True)
-    reweight: bool = _help("teacher-confidence re-weighting of the distillation losses", True)
+    reweight: bool = _help("teacher-confidence re-weighting (SED_NOTES section 3) of the soft terms' RoIs (with "
+                           "--reweight-anchors their anchors too) and box deltas; with the defaults it acts on the "
+                           "scale link's RoI classes only", True)
     reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
                                    "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",
                                    False)
@@ -191,14 +193,23 @@ ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi"),
              "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction")}
 
 
+def unused_sed_fields(cfg):
+    """The SED fields an SED run does not use: those of a switched-off component (ONLY_WITH); the sharpening of
+    the teacher's targets when nothing learns from them (sed/losses.py: only the self-distillation and the
+    scale link's --scale-target teacher do); the box-delta threshold when no box delta is distilled."""
+    fields = [f for switch, names in ONLY_WITH.items() if not getattr(cfg, switch) for f in names]
+    if not (cfg.distill or (cfg.scale_consistency and cfg.scale_target == "teacher")):
+        fields.append("target_sharpen")
+    if cfg.distill_reg_weight == 0:
+        fields.append("distill_reg_threshold")
+    return fields
+
+
 def unused_settings(cfg):
     """['--flag'] of each setting given another value than its default that this run does not use: every
-    SED setting under --method supervised, and under SED those of a switched-off component (ONLY_WITH).
+    SED setting under --method supervised, and under SED `unused_sed_fields`.
     Call before resolve_batch, which fills in the batches. A flag set to its default is not seen."""
-    if cfg.method != "sed":
-        fields = sorted(SED_FIELDS)
-    else:
-        fields = [f for switch, names in ONLY_WITH.items() if not getattr(cfg, switch) for f in names]
+    fields = sorted(SED_FIELDS) if cfg.method != "sed" else unused_sed_fields(cfg)
     default, now = as_json(TrainConfig()), as_json(cfg)
     return [flag(f) for f in fields if now[f] != default[f]]
 
@@ -293,6 +304,10 @@ def validate(cfg: TrainConfig, check_files=True):
         (len(cfg.anchor_sizes) == 5, f"anchor_sizes needs one size per level P2-P6, got {cfg.anchor_sizes}"),
         (all(a < b for a, b in zip([0, *cfg.anchor_sizes], cfg.anchor_sizes)),
          f"anchor_sizes must be positive and increase from P2 to P6, got {cfg.anchor_sizes}"),
+        (cfg.method != "sed" or not cfg.scale_consistency
+         or all(b == 2 * a for a, b in zip(cfg.anchor_sizes, cfg.anchor_sizes[1:])),
+         f"anchor_sizes must double from level to level for the scale link (small P2-P5 against full P3-P6, "
+         f"SED_NOTES section 2), got {cfg.anchor_sizes}; or --no-scale-consistency"),
         (len(cfg.rpn_proposals) == 2, f"rpn_proposals is (train, eval), got {cfg.rpn_proposals}"),
         (min(cfg.rpn_proposals) >= 1, f"rpn_proposals must be >= 1, got {cfg.rpn_proposals}"),
         (cfg.max_size >= max(cfg.min_size), f"max_size must be >= min_size, got {cfg.max_size} and {cfg.min_size}"),

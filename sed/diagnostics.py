@@ -13,8 +13,11 @@ exactly that on unlabeled images whose ground truth we keep for measurement only
                           over the objects with any overlap (IoU > 0): localisation precision
     pl_recall_small/medium/large   pl_recall@s by COCO object size (box area < 32^2,
                           32^2 <= area < 96^2, >= 96^2; COCO eval uses the mask area instead)
-    pl_weight_on_objects  share of the RoI re-weighting mass w_r = 1 - p_background
-                          (SED_NOTES section 3) on teacher proposals with IoU >= 0.5 with an object
+    pl_weight_on_objects  share of the RoI re-weighting mass (SED_NOTES section 3: the loss's
+                          classification weights, w_r = max((1 - p_background)^gamma, floor)) on
+                          teacher proposals with IoU >= 0.5 with an object, over the RoIs the loss
+                          uses (each image's first --teacher-proposals; since stop 32: before, all
+                          proposals, w_r = 1 - p_background)
     pl_num_images, pl_num_objects, pl_dets_per_image   counts behind the ratios
 
 s = `score_thr`, 0.7 by default: the hard threshold of the paper's analysis.
@@ -27,6 +30,8 @@ than reported as NaN or 0.
 import torch
 from torchvision.ops import box_iou
 
+from sed.config import TrainConfig
+from sed.losses import foreground_weights
 from sed.transform import resize_boxes
 
 SMALL_AREA, LARGE_AREA = 32 ** 2, 96 ** 2  # COCO's size bins
@@ -166,11 +171,13 @@ def collapse_warning(stats, first):
 
 
 @torch.no_grad()
-def teacher_outputs(model, images):
+def teacher_outputs(model, images, cfg=None):
     """One pass of the eval-mode teacher over images (list of [3,H,W]) -> (detections as
-    model(images) gives them, per image (RoIs [P,4], weights [P])): the teacher's proposals and
-    their re-weighting weights w_r = 1 - p_background (SED_NOTES section 3), all in input-image
-    pixels."""
+    model(images) gives them, per image (RoIs [P,4], weights [P])): the RoIs of the loss, each image's
+    first cfg.teacher_proposals proposals (sed/teacher.py predict_soft), and their classification
+    weights (SED_NOTES section 3, sed/losses.py foreground_weights), all in input-image pixels.
+    cfg None: train.py's defaults."""
+    cfg = cfg or TrainConfig()
     original_sizes = [tuple(image.shape[-2:]) for image in images]
     batch, _ = model.transform(images)
     feats = model.features(batch.tensors)
@@ -178,28 +185,29 @@ def teacher_outputs(model, images):
     anchors = model.rpn.anchors(batch, feats)
     proposals = model.rpn.propose(anchors, obj, deltas, batch.image_sizes)  # list of [P_i, 4]
     logits, deltas = model.roi_heads.predict(feats, proposals)  # [sum P_i, C+1], [sum P_i, (C+1)*4]
-    weights = 1 - logits.softmax(dim=1)[:, 0]  # [sum P_i]
+    weights = foreground_weights(1 - logits.softmax(dim=1)[:, 0], cfg)[0]  # [sum P_i], w_cls
     dets = model.roi_heads.detections(logits, deltas, proposals, batch.image_sizes)
     dets = model.transform.postprocess(dets, batch.image_sizes, original_sizes)
     # proposals live in the resized batch: back to the image by original size / resized size
-    rois = [resize_boxes(p, resized, original)
+    rois = [resize_boxes(p[:cfg.teacher_proposals], resized, original)
             for p, resized, original in zip(proposals, batch.image_sizes, original_sizes)]
-    return dets, list(zip(rois, weights.split([len(p) for p in proposals])))
+    weights = [w[:cfg.teacher_proposals] for w in weights.split([len(p) for p in proposals])]
+    return dets, list(zip(rois, weights))
 
 
 @torch.no_grad()
 def diagnose(teacher, dataset, indices, device="cpu", batch_size=4, thresholds=(0.5, 0.7, 0.9),
-             score_thr=0.7):
+             score_thr=0.7, cfg=None):
     """Run `teacher` (eval mode, restored afterwards) on dataset[i] for i in `indices` (a fixed
     sample of unlabeled images; their targets serve as ground truth for measurement only) and
-    return PseudoLabelStats.summary()."""
+    return PseudoLabelStats.summary(). cfg: the run's TrainConfig (teacher_outputs)."""
     was_training = teacher.training
     teacher.eval()
     stats = PseudoLabelStats(thresholds, score_thr)
     indices = list(indices)
     for start in range(0, len(indices), batch_size):
         images, targets = zip(*(dataset[i] for i in indices[start:start + batch_size]))
-        dets, rois = teacher_outputs(teacher, [image.to(device) for image in images])
+        dets, rois = teacher_outputs(teacher, [image.to(device) for image in images], cfg)
         for det, target, (boxes, weights) in zip(dets, targets, rois):
             stats.update(det, target, boxes, weights)
     teacher.train(was_training)

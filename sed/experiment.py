@@ -48,6 +48,9 @@ regression too):
     sed_anchors       sed_weightsum with the RPN anchors re-weighted too (--reweight-anchors; the default
                       re-weights only the RoIs)
     sed_rpnscale      SED with the scale link on the RPN only (--no-scale-roi; README "Experiment")
+    supervised_ema    the EMA teacher of supervised training (--unsup-weight 0: the unlabeled images train
+                      nothing), evaluated like the SED rows: the share of their gain over supervised that
+                      the EMA alone gives (stop 32)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -108,7 +111,8 @@ ROWS = {"supervised": None,
         "sed_split": ["--distill-norm", "split", *FIGURE_1],
         "sed_weightsum": ["--distill-norm", "weight", *FIGURE_1],
         "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight", *FIGURE_1],
-        "sed_rpnscale": ["--no-scale-roi", *FIGURE_1]}
+        "sed_rpnscale": ["--no-scale-roi", *FIGURE_1],
+        "supervised_ema": ["--unsup-weight", "0"]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 ON_HARD_LABELS = ["teacher_student", "ts+distill", "ts+scale", "sed_hard"]  # the same, hard labels kept
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
@@ -408,10 +412,13 @@ def gain(table, row, reference):
 
 def references(table):
     """{row: the row its AP gain is over}: in each chain (INCREMENTAL, ON_HARD_LABELS) the nearest row above
-    that was run; the variants over sed (sed_hard's: over sed_hard, teacher_student's: over teacher_student)."""
-    reference = {r: "sed" for r in ROWS if r not in INCREMENTAL + ON_HARD_LABELS and "sed" in table}
+    that was run; the variants over sed (sed_hard's: over sed_hard, teacher_student's: over teacher_student);
+    supervised_ema over supervised."""
+    over_sed = [r for r in ROWS if r not in [*INCREMENTAL, *ON_HARD_LABELS, "supervised_ema"]]
+    reference = {r: "sed" for r in over_sed if "sed" in table}
     reference |= {r: "sed_hard" for r in ROWS if r.startswith("sed_hard_") and "sed_hard" in table}
     reference |= {r: "teacher_student" for r in ROWS if r.startswith("teacher_student_") and "teacher_student" in table}
+    reference |= {"supervised_ema": "supervised"} if "supervised" in table else {}
     for chain in (INCREMENTAL, ON_HARD_LABELS):
         present = [r for r in chain if r in table]
         reference |= dict(zip(present[1:], present))
@@ -432,6 +439,8 @@ MAIN_GAINS = (("sed", "SED", "supervised"), ("sed", "SED", "teacher_student"),
               ("sed_hard_no_distill", DEFAULT_ROW, "supervised"),
               ("sed_hard_no_distill", DEFAULT_ROW, "teacher_student"),
               ("sed_hard_no_distill", DEFAULT_ROW, "sed_hard"),
+              ("sed_hard_no_distill", DEFAULT_ROW, "supervised_ema"),
+              ("teacher_student", "teacher_student", "supervised_ema"),
               ("sed_hard", "sed_hard", "teacher_student"), ("sed_hard_0.9", "sed_hard_0.9", "teacher_student_0.9"))
 
 

@@ -3,7 +3,8 @@
     foreground_weights       section 3: teacher-confidence weights, detached
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
     classification_mean      sum w l / N (--distill-norm count), weighted_mean, or fg / bg halves
-    rpn_distillation_loss    section 1: per-anchor BCE with the teacher's objectness + smooth L1 deltas
+    bernoulli_kl             KL between two objectness probabilities, from their logits
+    rpn_distillation_loss    section 1: per-anchor Bernoulli KL to the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
     student_outputs          one student forward on one view (dense RPN outputs, RoI head on given boxes)
     distillation_loss        section 1: teacher -> student on the full-size strong view
@@ -96,21 +97,32 @@ def smooth_l1(deltas, target_deltas):
     return F.smooth_l1_loss(deltas, target_deltas, beta=SMOOTH_L1_BETA, reduction="none").sum(dim=-1)
 
 
-def rpn_distillation_loss(logits, deltas, target_prob, target_deltas, p_fg, cfg):
+def bernoulli_kl(logits, target_logits):
+    """KL(sigmoid(t) || sigmoid(s)) per element, from the logits s and t (same shapes): the binary
+    cross-entropy with the soft target sigmoid(t) minus that target's entropy, so 0 where s = t. The
+    gradient is sigmoid(s) - sigmoid(t) into s and, where t is not detached (--scale-target mutual),
+    (t - s) * sigmoid'(t) into t: 0 where the two agree. (The cross-entropy alone would push t by -s
+    * sigmoid'(t) even there: towards background wherever the other branch says background.)"""
+    target = target_logits.sigmoid()
+    return (F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+            - F.binary_cross_entropy_with_logits(target_logits, target, reduction="none"))
+
+
+def rpn_distillation_loss(logits, deltas, target_logits, target_deltas, p_fg, cfg):
     """SED_NOTES section 1, RPN: every anchor distils a target objectness and box deltas.
 
-    logits [N] student objectness logits; deltas [N, 4] student anchor deltas; target_prob [N] target
-    objectness probability; target_deltas [N, 4]; p_fg [N] the teacher's objectness, source of the
-    weights (section 3). Any leading shapes that flatten to these work, e.g. [B, R] and [B, R, 4].
-    Classification: binary cross-entropy with the soft target p_t, so its minimum (student = target)
-    is the target's entropy H(p_t), not 0; its gradient sigmoid(s) - p_t is that of the Bernoulli KL.
+    logits [N] student objectness logits; deltas [N, 4] student anchor deltas; target_logits [N] target
+    objectness logits; target_deltas [N, 4]; p_fg [N] the teacher's objectness, source of the weights
+    (section 3). Any leading shapes that flatten to these work, e.g. [B, R] and [B, R, 4].
+    Classification: `bernoulli_kl` to the target (0 when the student equals it; until stop 32 the
+    binary cross-entropy, whose minimum is the target's entropy, with the same gradient into the student).
     Regression: smooth L1, weighted by the teacher's objectness, times cfg.distill_reg_weight.
     Returns (loss_cls, loss_reg) scalars.
     """
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg, anchors=True)
-    bce = F.binary_cross_entropy_with_logits(logits.reshape(-1), target_prob.reshape(-1), reduction="none")
+    kl = bernoulli_kl(logits.reshape(-1), target_logits.reshape(-1))
     reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4)), w_reg)
-    return classification_mean(bce, w_cls, p_fg.reshape(-1), cfg), reg
+    return classification_mean(kl, w_cls, p_fg.reshape(-1), cfg), reg
 
 
 def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_fg, cfg):
@@ -163,7 +175,7 @@ def distillation_loss(full, soft, cfg):
     """SED_NOTES section 1 (Figure 1 "Self-Distillation"): the student on the full-size strong view
     against the teacher on the weak view (same geometry: anchor a and proposal r are the same image
     region in both). full: StudentOutputs of the strong view on soft.proposals."""
-    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_target, soft.rpn_deltas,
+    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_target_logits, soft.rpn_deltas,
                                              soft.rpn_prob, cfg)
     roi_cls, roi_reg = roi_distillation_loss(full.class_logits, full.box_deltas, soft.roi_probs,
                                              soft.roi_deltas, soft.roi_fg, cfg)
@@ -173,7 +185,8 @@ def distillation_loss(full, soft, cfg):
 
 def scale_targets(full, soft, cfg):
     """The targets of the 0.5x view (SED_NOTES section 2, `--scale-target`), at full-size levels P3-P6:
-    (rpn_prob [B, R'], rpn_deltas [B, R', 4], roi_probs [P, C+1], roi_deltas [P, 4]).
+    (rpn_logits [B, R'], rpn_deltas [B, R', 4], roi_probs [P, C+1], roi_deltas [P, 4]); the classes' in
+    float32 (under autocast the student's outputs are bfloat16 or float16).
 
     student: the student's full-size outputs, detached (Figure 1: the link joins the student's two
              sizes; design choice: the larger view is the target, as the detector is better on larger
@@ -182,12 +195,12 @@ def scale_targets(full, soft, cfg):
     """
     p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
     if cfg.scale_target == "teacher":
-        return soft.rpn_target[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
-    obj, deltas = full.obj[:, p3_p6], full.deltas[:, p3_p6]
-    logits, box_deltas = full.class_logits, full.box_deltas
+        return soft.rpn_target_logits[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
+    obj, deltas = full.obj[:, p3_p6].float(), full.deltas[:, p3_p6]
+    logits, box_deltas = full.class_logits.float(), full.box_deltas
     if cfg.scale_target == "student":
         obj, deltas, logits, box_deltas = obj.detach(), deltas.detach(), logits.detach(), box_deltas.detach()
-    return obj.sigmoid(), deltas, (logits / cfg.distill_temperature).softmax(dim=1), box_deltas
+    return obj, deltas, (logits / cfg.distill_temperature).softmax(dim=1), box_deltas
 
 
 def scale_consistency_loss(small, full, soft, cfg):
@@ -199,7 +212,7 @@ def scale_consistency_loss(small, full, soft, cfg):
     at the same places, so, in the flattened (level, y, x, anchor) order, the small P2-P5 block lines
     up element by element with the full-size P3-P6 block. Box deltas are relative to the anchor size,
     hence scale-invariant: the full-size deltas are the targets unchanged. (Exact for the anchor
-    centres and the square anchors; the 1:2 and 2:1 anchors differ by 1 px after the doubling because
+    centres and the square anchors; the 1:2 and 2:1 anchors differ by 1 px per side after the doubling because
     torchvision rounds every level's cell anchors to whole pixels.)
     RoI head: proposal B on the full view is B / 2 on the small one (small.* were computed there);
     without cfg.scale_roi (design choice, `--no-scale-roi`) this part is left out and small has no
@@ -211,8 +224,8 @@ def scale_consistency_loss(small, full, soft, cfg):
                          f"{SIZE_DIVISIBLE} (sed.views.make_views)")
     p2_p5 = slice(0, sum(small.level_sizes[:-1]))
     p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
-    rpn_prob, rpn_deltas, roi_probs, roi_deltas = scale_targets(full, soft, cfg)
-    rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_prob, rpn_deltas,
+    rpn_logits, rpn_deltas, roi_probs, roi_deltas = scale_targets(full, soft, cfg)
+    rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_logits, rpn_deltas,
                                              soft.rpn_prob[:, p3_p6], cfg)
     losses = {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg}
     if cfg.scale_roi:
@@ -229,9 +242,9 @@ def check_small_view(small_batch):
                          f"of a batch padded to a multiple of {SIZE_DIVISIBLE}; build it with sed.views.make_views")
 
 
-def pseudo_targets(detections, threshold, scale=1.0):
-    """Teacher detections with score >= threshold as hard targets, boxes multiplied by scale."""
-    return [{"boxes": d["boxes"][d["scores"] >= threshold] * scale,
+def pseudo_targets(detections, threshold):
+    """Teacher detections with score >= threshold as hard targets (boxes in the weak batch's pixels)."""
+    return [{"boxes": d["boxes"][d["scores"] >= threshold],
              "labels": d["labels"][d["scores"] >= threshold]} for d in detections]
 
 

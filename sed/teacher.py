@@ -46,7 +46,7 @@ class SoftTargets:
     Coordinates are those of the weak batch (resized, padded), which the strong view shares.
     """
     rpn_prob: Tensor         # [B, R] objectness probability per anchor, flattened (level, y, x, anchor)
-    rpn_target: Tensor       # [B, R] the distillation target: sigmoid(logit / cfg.target_sharpen)
+    rpn_target_logits: Tensor  # [B, R] the distillation target's logits: logit / cfg.target_sharpen
     rpn_deltas: Tensor       # [B, R, 4] anchor deltas (model.rpn.box_coder, weights 1,1,1,1)
     level_sizes: list        # anchors per level P2..P6 (A * H_l * W_l); they cut rpn_* into levels
     proposals: list          # per image [P_i, 4] xyxy, the teacher's top cfg.teacher_proposals after NMS
@@ -55,7 +55,6 @@ class SoftTargets:
     roi_labels: Tensor       # [P] arg-max foreground class, 1..C
     roi_deltas: Tensor       # [P, 4] deltas of that class (model.roi_heads.box_coder, weights 10,10,5,5)
     roi_fg: Tensor           # [P] 1 - p_background at temperature 1: the RoI weight of SED_NOTES section 3
-    features: list           # P2..P6, each [B, 256, H_l, W_l]
     detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
 
 
@@ -86,8 +85,7 @@ def predict_soft(teacher, weak_batch, cfg):
     labels = probs[:, 1:].argmax(dim=1) + 1
     sharpen = cfg.target_sharpen  # design choice (SED_NOTES "Known failure mode"): < 1 sharpens the targets
     return SoftTargets(
-        rpn_prob=obj.sigmoid(), rpn_target=(obj / sharpen).sigmoid(), rpn_deltas=deltas, level_sizes=level_sizes,
+        rpn_prob=obj.sigmoid(), rpn_target_logits=obj / sharpen, rpn_deltas=deltas, level_sizes=level_sizes,
         proposals=proposals,
         roi_probs=(class_logits / (cfg.distill_temperature * sharpen)).softmax(dim=1), roi_labels=labels,
-        roi_deltas=class_deltas(box_deltas, labels), roi_fg=1 - probs[:, 0],
-        features=feats, detections=detections)
+        roi_deltas=class_deltas(box_deltas, labels), roi_fg=1 - probs[:, 0], detections=detections)

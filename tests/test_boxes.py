@@ -36,6 +36,16 @@ def test_box_coder_hand_computed_and_round_trip():
     torch.testing.assert_close(coder.decode(expected, ref)[:, 0], box)
 
 
+def test_low_precision_deltas_decode_at_float32():
+    """Under bfloat16 autocast the deltas are bfloat16; the boxes must not be rounded with them (torchvision
+    casts the references to bfloat16: [1001, 603, 1203, 799] with zero deltas comes back [1004, 608, 1200, 800])."""
+    ref = torch.tensor([[1001.0, 603.0, 1203.0, 799.0]])
+    deltas = torch.zeros(1, 4, dtype=torch.bfloat16)
+    decoded = BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, ref)
+    assert decoded.dtype == torch.float32 and torch.equal(decoded[:, 0], ref)
+    assert not torch.equal(tv_utils.BoxCoder((10.0, 10.0, 5.0, 5.0)).decode(deltas, [ref])[:, 0].float(), ref)
+
+
 def test_box_coder_clamps_huge_scale():
     coder = BoxCoder((1.0, 1.0, 1.0, 1.0))
     out = coder.decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), torch.tensor([[0.0, 0.0, 16.0, 16.0]]))

@@ -54,6 +54,9 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--warmup-factor", "10"], "--warmup-factor must be in (0, 1], got 10.0"),
     (["--anchor-sizes", "0", "0", "0", "0", "0"],
      "--anchor-sizes must be positive and increase from P2 to P6, got (0, 0, 0, 0, 0)"),
+    (["--method", "sed", "--anchor-sizes", "32", "48", "96", "192", "384"],   # since stop 32
+     "--anchor-sizes must double from level to level for the scale link (small P2-P5 against full P3-P6, "
+     "SED_NOTES section 2), got (32, 48, 96, 192, 384); or --no-scale-consistency"),
     (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
     (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
     (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1) (a score; at 1 no detection is a "
@@ -178,6 +181,11 @@ def test_changed_settings_name_what_a_resume_changes():
     (["--method", "sed", "--no-scale-consistency", "--scale-target", "mutual", "--no-reweight", "--weight-floor", "0.1"],
      ["--scale-target", "--weight-floor"]),
     (["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--pseudo-threshold", "0.5"], ["--pseudo-threshold"]),
+    (["--method", "sed", "--target-sharpen", "0.5", "--distill-reg-threshold", "0"],   # since stop 32
+     ["--target-sharpen", "--distill-reg-threshold"]),
+    (["--method", "sed", "--scale-target", "teacher", "--target-sharpen", "0.5", "--distill-reg-weight", "1",
+      "--distill-reg-threshold", "0"], []),
+    (["--method", "sed", "--distill", "--target-sharpen", "0.5"], []),
 ])
 def test_unused_settings_are_named(argv, unused):
     """A setting given for a method or component the run does not use (silently ignored until stop 30)."""

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import sed
+from sed.config import TrainConfig
 from sed.diagnostics import (PseudoLabelStats, best_iou, collapse_warning, covered, diagnose, format_summary,
                              size_bins, teacher_outputs, teacher_recall, weight_on_objects)
 from sed.transform import ImageTransform
@@ -127,6 +128,17 @@ def test_teacher_outputs_are_in_image_pixels():
     assert torch.allclose(dets[0]["boxes"], torch.tensor([[0., 0., 20., 20.]]))
     assert torch.allclose(boxes, torch.tensor([[0., 0., 20., 20.], [40., 10., 80., 20.]]))
     assert torch.allclose(w, torch.tensor([0.9, 0.3]))
+
+
+def test_the_weight_on_objects_is_that_of_the_loss_s_rois_and_weights():
+    """Only each image's first --teacher-proposals count, with the loss's weights (floor, gamma)."""
+    image = [torch.zeros(3, 40, 80)]
+    _, ((boxes, w),) = teacher_outputs(FakeTeacher(), image, TrainConfig(teacher_proposals=1))
+    assert len(boxes) == 1 and torch.allclose(w, torch.tensor([0.9]))
+    _, ((_, w),) = teacher_outputs(FakeTeacher(), image, TrainConfig(weight_floor=0.5, weight_gamma=2.0))
+    assert torch.allclose(w, torch.tensor([0.81, 0.5]))
+    _, ((_, w),) = teacher_outputs(FakeTeacher(), image, TrainConfig(reweight=False))
+    assert torch.equal(w, torch.ones(2))
 
 
 def test_diagnose_with_fake_teacher_restores_train_mode():

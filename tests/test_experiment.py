@@ -158,7 +158,7 @@ def test_every_row_names_its_hard_label_switch():
     data = {k: Path(k) for k in ("train_ann", "train_images", "val_ann", "val_images")}
     args = parse_args([])
     for row in sed.experiment.ROWS:
-        if row in ("supervised", "teacher_student", "teacher_student_0.9"):  # --no-distill: hard labels either way
+        if row in ("supervised", "supervised_ema", "teacher_student", "teacher_student_0.9"):  # no soft rows
             continue
         cfg = sed.config.parse_args(sed.experiment.row_command(args, data, row, 0, Path("o"))[1:], check_files=False)
         assert cfg.hard_pseudo_labels == (row in sed.experiment.ON_HARD_LABELS or row.startswith("sed_hard_")), row
@@ -352,3 +352,19 @@ def test_results_show_the_curves_of_runs_evaluated_during_training(tmp_path):
     plain.mkdir()
     write_run(plain, "supervised", 0, 1.0)   # evaluated at the end only: no such lines
     assert "During training" not in render_markdown(load_results(plain), "shapes")
+
+
+def test_the_ema_of_supervised_training_compares_with_supervised(tmp_path):
+    """supervised_ema (--unsup-weight 0) is over supervised, whatever else ran; the default and the
+    teacher-student are named over it."""
+    for row, ap in (("supervised", 10.0), ("supervised_ema", 11.0), ("sed", 12.0), ("teacher_student", 12.5),
+                    ("sed_hard_no_distill", 14.0)):
+        write_run(tmp_path, row, 0, ap)
+    table = load_results(tmp_path)
+    assert sed.experiment.references(table)["supervised_ema"] == "supervised"
+    lines = render_markdown(table, "shapes").splitlines()
+    assert "sed_hard_no_distill (the default) - supervised_ema, AP: 3.0" in lines
+    assert "teacher_student - supervised_ema, AP: 1.5" in lines
+    cfg = sed.config.parse_args(sed.experiment.row_command(parse_args([]), {k: Path(k) for k in (
+        "train_ann", "train_images", "val_ann", "val_images")}, "supervised_ema", 0, Path("o"))[1:], check_files=False)
+    assert cfg.method == "sed" and cfg.unsup_weight == 0 and cfg.ema_momentum == 0.99

@@ -74,7 +74,9 @@ def test_predict_soft_shapes_and_values():
     assert soft.roi_deltas.shape == (P, 4) and soft.roi_fg.shape == (P,)
     assert ((soft.roi_labels >= 1) & (soft.roi_labels <= 3)).all()
     # the same teacher at temperature 1: fg = 1 - p_bg, labels = arg-max foreground class, deltas of that class
-    logits, deltas = teacher.roi_heads.predict(soft.features, soft.proposals)
+    with torch.no_grad():
+        features = teacher.features(weak.tensors)
+    logits, deltas = teacher.roi_heads.predict(features, soft.proposals)
     probs = logits.softmax(1)
     assert torch.allclose(soft.roi_fg, 1 - probs[:, 0])
     assert torch.equal(soft.roi_labels, probs[:, 1:].argmax(1) + 1)
@@ -91,7 +93,7 @@ def test_predict_soft_shapes_and_values():
     predict = teacher.roi_heads.predict
     teacher.roi_heads.predict = lambda feats, boxes: calls.append(sum(map(len, boxes))) or predict(feats, boxes)
     predict_soft(teacher, weak, cfg)
-    assert calls == [sum(len(d) for d in teacher.rpn(weak, soft.features)[0])]  # one RoI-head pass: all proposals
+    assert calls == [sum(len(d) for d in teacher.rpn(weak, features)[0])]  # one RoI-head pass: all proposals
 
 
 def test_target_sharpen_divides_the_teacher_logits_and_leaves_the_weights():
@@ -103,8 +105,8 @@ def test_target_sharpen_divides_the_teacher_logits_and_leaves_the_weights():
     soft = predict_soft(teacher, weak, cfg)
     plain = predict_soft(teacher, weak, TrainConfig(teacher_proposals=8, distill_temperature=2.0))
     assert torch.equal(soft.rpn_prob, plain.rpn_prob) and torch.equal(soft.roi_fg, plain.roi_fg)  # weights
-    assert torch.equal(plain.rpn_target, plain.rpn_prob)  # target_sharpen 1: the probabilities
-    logit = torch.logit(plain.rpn_prob.double())
-    assert torch.allclose(soft.rpn_target.double(), (2 * logit).sigmoid(), atol=1e-5)
-    logits, _ = teacher.roi_heads.predict(soft.features, soft.proposals)
+    assert torch.equal(plain.rpn_target_logits.sigmoid(), plain.rpn_prob)  # target_sharpen 1: the teacher's own
+    assert torch.equal(soft.rpn_target_logits, 2 * plain.rpn_target_logits)
+    with torch.no_grad():
+        logits, _ = teacher.roi_heads.predict(teacher.features(weak.tensors), soft.proposals)
     assert torch.allclose(soft.roi_probs, (logits / (2.0 * 0.5)).softmax(1), atol=1e-6)
