@@ -32,7 +32,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "SED_DEBUG": ""}
 def train_args(data, out, *extra, max_iter=1):
     return ["train.py", "--train-ann", str(data["train_ann"]), "--train-images", str(data["train_images"]),
             "--backbone", "resnet18", "--backbone-weights", "none", "--min-size", "48", "--max-size", "64",
-            "--max-iter", str(max_iter), "--batch-size", "2", "--lr", "0.01", "--warmup-iters", "1",
+            "--max-iter", str(max_iter), "--batch-size", "2", "--lr", "0.01", "--warmup-iters", "0",
             "--lr-steps", "100", "--log-every", "1", "--checkpoint-every", "1", "--workers", "0",
             "--device", "cpu", "--seed", "3", "--rpn-proposals", "64", "32", "--roi-batch-size", "32",
             "--out", str(out), *extra]
