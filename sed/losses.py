@@ -98,12 +98,15 @@ def smooth_l1(deltas, target_deltas):
 
 
 def bernoulli_kl(logits, target_logits):
-    """KL(sigmoid(t) || sigmoid(s)) per element, from the logits s and t (same shapes): the binary
-    cross-entropy with the soft target sigmoid(t) minus that target's entropy, so 0 where s = t. The
-    gradient is sigmoid(s) - sigmoid(t) into s and, where t is not detached (--scale-target mutual),
-    (t - s) * sigmoid'(t) into t: 0 where the two agree. (The cross-entropy alone would push t by -s
-    * sigmoid'(t) even there: towards background wherever the other branch says background.)"""
-    target = target_logits.sigmoid()
+    """KL(sigmoid(t) || sigmoid(s)) per element, flattened to [N], from the logits s and t (same shapes):
+    the binary cross-entropy with the soft target sigmoid(t) minus that target's entropy, so 0 where
+    s = t. The gradient is sigmoid(s) - sigmoid(t) into s and, where t is not detached (--scale-target
+    mutual), (t - s) * sigmoid'(t) into t: 0 where the two agree. (The cross-entropy alone would push t
+    by -s * sigmoid'(t) even there: towards background wherever the other branch says background.)
+    The sigmoid runs before the flattening, and the cross-entropy after it, as before stop 32: the
+    student's gradient stays bit for bit what it was (a sigmoid over a copy rounds differently)."""
+    target = target_logits.sigmoid().reshape(-1)
+    logits, target_logits = logits.reshape(-1), target_logits.reshape(-1)
     return (F.binary_cross_entropy_with_logits(logits, target, reduction="none")
             - F.binary_cross_entropy_with_logits(target_logits, target, reduction="none"))
 
@@ -120,7 +123,7 @@ def rpn_distillation_loss(logits, deltas, target_logits, target_deltas, p_fg, cf
     Returns (loss_cls, loss_reg) scalars.
     """
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg, anchors=True)
-    kl = bernoulli_kl(logits.reshape(-1), target_logits.reshape(-1))
+    kl = bernoulli_kl(logits, target_logits)
     reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4)), w_reg)
     return classification_mean(kl, w_cls, p_fg.reshape(-1), cfg), reg
 
