@@ -333,8 +333,8 @@ def train(cfg):
     if master and cfg.warmup_iters >= cfg.max_iter:
         warnings.warn(f"--warmup-iters {cfg.warmup_iters} >= --max-iter {cfg.max_iter}: the whole run is the lr "
                       f"warm-up (lr {learning_rate(0, cfg):g} rising, never reaching --lr {cfg.lr:g})")
-    if master and lr_steps_warning(cfg):
-        warnings.warn(lr_steps_warning(cfg))
+    if master and (message := lr_steps_warning(cfg)):
+        warnings.warn(message)
     if master and cfg.method == "sed" and cfg.burn_in_iters >= cfg.max_iter:
         warnings.warn(f"--burn-in-iters {cfg.burn_in_iters} >= --max-iter {cfg.max_iter}: the whole run is "
                       "the supervised burn-in, no SED iteration")
