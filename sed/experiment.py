@@ -494,18 +494,21 @@ def render_curves(table, rows):
     def line(row, cells):
         return f"| {row} | " + " | ".join(cells) + " |"
 
+    def cell(numbers):
+        return mean_std(numbers) if numbers else "-"
+
     header = [line("row", map(str, iterations)), "|---" * (len(iterations) + 1) + "|"]
     sed_rows = [r for r in rows if r != "supervised"]
     lines = ["", "During training (every --eval-every iterations; SED rows: the EMA teacher), AP:", "", *header]
-    lines += [line(r, [mean_std(list(values(r, i).values())) if values(r, i) else "-" for i in iterations])
-              for r in rows]
+    lines += [line(r, [cell(list(values(r, i).values())) for i in iterations]) for r in rows]
     if "supervised" in table and sed_rows:
         lines += ["", "AP gain over supervised, paired per seed:", "", *header]
-        lines += [line(r, [mean_std(gains(r, i)) if gains(r, i) else "-" for i in iterations]) for r in sed_rows]
+        lines += [line(r, [cell(gains(r, i)) for i in iterations]) for r in sed_rows]
     for key in ("pl_recall@0.5", "pl_dets_per_image"):
         lines += ["", f"Teacher's {key}, mean over seeds:", "", *header]
         lines += [line(r, [mean_of(list(values(r, i, key).values())) for i in iterations]) for r in sed_rows]
     return lines
+
 
 def ranks(values):
     """Rank of each value, 1 = smallest; ties share their mean rank (as Spearman's coefficient needs)."""

@@ -50,9 +50,9 @@ def missing_glyphs(font, text):
 def warn_missing_glyphs(font, class_names):
     """One warning naming the class names (at most 3) that font cannot draw, e.g. Chinese names in
     DejaVuSans: their labels would show as empty boxes."""
-    lacking = [name for name in class_names or () if missing_glyphs(font, name)]
+    chars = missing_glyphs(font, "".join(class_names or ()))   # one pass over all names: the font loads once
+    lacking = [name for name in class_names or () if set(name) & set(chars)]
     if lacking:
-        chars = missing_glyphs(font, "".join(lacking))
         warnings.warn(f"{len(lacking)} class names ({', '.join(lacking[:3])}{', ...' if len(lacking) > 3 else ''}) "
                       f"have characters that {Path(font).name} cannot draw ({chars[:10]}): their labels show them "
                       "as empty boxes; --font FILE picks a font that has them (e.g. NotoSansCJK-Regular.ttc)")
