@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Eleven families (`--family`, `FAMILIES`):
+Twelve families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -30,6 +30,9 @@ Eleven families (`--family`, `FAMILIES`):
 - tiles: generated at stop 29, before any run on it, a tenth family for checking the default on data no
   setting has seen: hearts, flags and ladders (1-6 per image, 5 px to 0.5 of the image side) on a brick
   wall with clutter;
+- stencils: generated at stop 33, before any run on it, an eleventh family for checking the default's
+  long schedule on data no setting has seen: crowns, pills and combs (1-6 per image, 5 px to 0.5 of the
+  image side) on a mosaic of three colours with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -63,7 +66,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
-    #                          | "grid" | "ripples" | "bricks"
+    #                          | "grid" | "ripples" | "bricks" | "mosaic"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -93,6 +96,8 @@ FAMILIES = {
                     True),
     # a tenth family, generated at stop 29 before any run on it: other classes, a brick wall
     "tiles": Family(((31, "heart", 0.4), (32, "flag", 0.35), (33, "ladder", 0.25)), 5, 0.5, 6, "bricks", True),
+    # an eleventh family, generated at stop 33 before any run on it: other classes, a mosaic of three colours
+    "stencils": Family(((34, "crown", 0.4), (35, "pill", 0.35), (36, "comb", 0.25)), 5, 0.5, 6, "mosaic", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -189,6 +194,14 @@ def _draw_shape(name, w, h):
         d.rectangle([4 * r / 5, 0, r, b], fill=255)
         for y in (b / 8, b / 2, 7 * b / 8):
             d.rectangle([0, y - b / 16, r, y + b / 16], fill=255)
+    elif name == "crown":       # a band over the lower 0.5 of the box under three points reaching the top
+        d.polygon([(0, b), (0, 0), (r / 4, b / 2), (r / 2, 0), (3 * r / 4, b / 2), (r, 0), (r, b)], fill=255)
+    elif name == "pill":        # a capsule: a rectangle whose shorter sides are half-discs
+        d.rounded_rectangle([0, 0, r, b], radius=min(r, b) / 2, fill=255)
+    elif name == "comb":        # a back a third of the box high over four teeth, each a seventh of the box wide
+        d.rectangle([0, 0, r, b / 3], fill=255)
+        for x in (0, 2 * r / 7, 4 * r / 7, 6 * r / 7):
+            d.rectangle([x, 0, x + r / 7, b], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -294,6 +307,17 @@ def _bricks_background(rng, w, h):
     return _blend(c0, c1, on_mortar.astype(float))   # t [h, w] in {0, 1}
 
 
+def _mosaic_background(rng, w, h):
+    """Square cells of random size (8-24 px) and offset, each one of three muted colours at random
+    -> (image, colours)."""
+    colours = rng.uniform(60, 190, size=(3, 3))
+    cell = rng.uniform(8, 24)
+    ys, xs = np.mgrid[0:h, 0:w] + rng.uniform(0, cell, size=(2, 1, 1))
+    rows, cols = (ys // cell).astype(int), (xs // cell).astype(int)        # [h, w] cell of each pixel
+    pick = rng.integers(0, 3, size=(rows.max() + 1, cols.max() + 1))       # each cell's colour index
+    return Image.fromarray(colours[pick[rows, cols]].astype(np.uint8)), tuple(colours)
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from both background colours (visible contrast)."""
     while True:
@@ -327,7 +351,7 @@ def _render(rng, w, h, empty, family):
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
                    "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
                    "grid": _grid_background, "ripples": _ripples_background,
-                   "bricks": _bricks_background}
+                   "bricks": _bricks_background, "mosaic": _mosaic_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -416,7 +440,8 @@ def main(argv=None):
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
                         "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples; tiles: 3 others "
-                        "on bricks (all six with clutter); easy: 3 large shapes, no clutter (the demo)")
+                        "on bricks; stencils: 3 others on a mosaic (all seven with clutter); easy: 3 large "
+                        "shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)
     checks = [(args.num_train >= 1, f"--num-train: must be >= 1, got {args.num_train}"),

@@ -113,6 +113,16 @@ def test_two_colour_families_classes_and_background(tmp_path, family, ids, backg
     assert len(colours) == 2 and {tuple(c) for c in colours} == {tuple(c0.astype(np.uint8)), tuple(c1.astype(np.uint8))}
 
 
+def test_stencils_family_classes_and_three_colour_mosaic(tmp_path):
+    paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family="stencils")
+    coco = COCO(str(paths["train_ann"]))
+    assert sorted(coco.getCatIds()) == [34, 35, 36]
+    assert {a["category_id"] for a in coco.dataset["annotations"]} == {34, 35, 36}
+    img, colours = synthetic._mosaic_background(np.random.default_rng(0), 64, 48)
+    found = {tuple(c) for c in np.unique(np.asarray(img).reshape(-1, 3), axis=0)}   # each cell one of the three
+    assert found == {tuple(c.astype(np.uint8)) for c in colours} and len(colours) == 3
+
+
 def test_dots_are_the_minority_colour():
     img, (c0, c1) = synthetic._dots_background(np.random.default_rng(0), 64, 48)
     is_dot = (np.asarray(img).reshape(-1, 3) == c1.astype(np.uint8)).all(axis=1)   # dot diameter: half the spacing
