@@ -13,6 +13,10 @@
    on, their box-head loss on the student's own proposals, no soft self-distillation), with
    `--hard-label-rois teacher` (on the teacher's proposals, the box-head pass of the scale targets) and
    for SED as Figure 1 draws it (`--distill --no-hard-pseudo-labels`).
+3. The teacher-student step (the experiment's `teacher_student` row: EMA teacher and hard labels only, no
+   scale link) against the same supervised step, and the default SED step against it directly
+   (`--parts sed-over-ts`): what SED's own terms (the 0.5x view, the scale targets) cost over the baseline
+   it improves on.
 Times are medians over rounds, measured in one process with the order reversed every other round so
 both sides see the same machine load; each ratio is the median of the rounds' ratios (with their range).
 Peak memory: CUDA, the allocator's peak during one step; CPU, the growth of the resident size
@@ -43,9 +47,14 @@ import train  # noqa: E402
 
 SED_LABELED, SED_UNLABELED = 1, 4
 SED_STEPS = {"sed step": {}, "sed step, teacher rois": {"hard_label_rois": "teacher"},  # kind -> TrainConfig changes
-             "sed step, figure 1": {"distill": True, "hard_pseudo_labels": False}}
-PARTS = {"sed": ("SED", "sed step"), "sed-teacher-rois": ("SED teacher rois", "sed step, teacher rois"),
-         "sed-figure1": ("SED fig.1", "sed step, figure 1")}  # --parts name -> (printed name, SED_STEPS kind)
+             "sed step, figure 1": {"distill": True, "hard_pseudo_labels": False},
+             "teacher-student step": {"scale_consistency": False, "reweight": False}}  # experiment's teacher_student
+SUPERVISED = "supervised, same images"
+PARTS = {"sed": ("SED", "sed step", SUPERVISED),  # --parts name -> (printed name, step kind, reference step kind)
+         "sed-teacher-rois": ("SED teacher rois", "sed step, teacher rois", SUPERVISED),
+         "sed-figure1": ("SED fig.1", "sed step, figure 1", SUPERVISED),
+         "teacher-student": ("teacher-student", "teacher-student step", SUPERVISED),
+         "sed-over-ts": ("SED", "sed step", "teacher-student step")}
 
 
 def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
@@ -76,7 +85,7 @@ def torchvision_model(args, state):
 
 def make_step(kind, which, args, state, device):
     """A zero-argument callable running one `kind` step of `which` model on fixed inputs."""
-    if kind in SED_STEPS or kind == "supervised, same images":
+    if kind in SED_STEPS or kind == SUPERVISED:
         return make_sed_or_supervised_step(kind, args, state, device)
     model = (our_model if which == "ours" else torchvision_model)(args, state).to(device)
     images, targets = make_inputs(args.batch_size, args.height, args.width, device, num_classes=args.num_classes)
@@ -196,9 +205,9 @@ def compare(kind, sides, args, state, state_file, device, images):
     (a, *_), (b, *_) = sides
     t = {label: statistics.median(seconds) for label, seconds in rounds.items()}
     ratio, low, high = round_ratios(rounds[a], rounds[b])
-    print(f"{kind:22s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {ratio:.3f} "
+    print(f"{kind:28s} time   {a} {t[a] * 1000:9.1f} ms   {b} {t[b] * 1000:9.1f} ms   ratio {ratio:.3f} "
           f"(rounds {low:.3f}-{high:.3f})   images/s {a} {images / t[a]:.1f} {b} {images / t[b]:.1f}")
-    print(f"{kind:22s} memory {a} {mem[a] / 2**20:9.1f} MiB  {b} {mem[b] / 2**20:9.1f} MiB  "
+    print(f"{kind:28s} memory {a} {mem[a] / 2**20:9.1f} MiB  {b} {mem[b] / 2**20:9.1f} MiB  "
           f"ratio {mem[a] / max(mem[b], 1):.3f}", flush=True)
 
 
@@ -251,9 +260,12 @@ def main(argv=None):
     for kind in ("train step", "inference") if "detector" in args.parts else ():
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
                 args, state, state_file, device, args.batch_size)
-    for name, kind in (PARTS[part] for part in PARTS if part in args.parts):
-        compare(f"{name} {SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}",
-                [("sed", "ours", kind), ("supervised", "ours", "supervised, same images")],
+    for name, kind, reference in (PARTS[part] for part in PARTS if part in args.parts):
+        versus = (f"sup {SED_LABELED + SED_UNLABELED}" if reference == SUPERVISED
+                  else f"t-s {SED_LABELED}+{SED_UNLABELED}")
+        compare(f"{name} {SED_LABELED}+{SED_UNLABELED} vs {versus}",
+                [("sed" if kind.startswith("sed") else "t-s", "ours", kind),
+                 ("supervised" if reference == SUPERVISED else "t-s", "ours", reference)],
                 args, state, state_file, device, SED_LABELED + SED_UNLABELED)
     os.remove(state_file)
 

@@ -88,9 +88,8 @@ class TrainConfig:
     rampup_iters: int = _help("linear ramp of lambda_u after burn-in; 0 = step", 0)
     distill: bool = _help("design choice, deviates from Figure 1 (its self-distillation arrow): soft "
                           "self-distillation teacher -> student on the full-size strong view (SED_NOTES "
-                          "section 1); off by default since stop 26, where over seeds on the tuning family and "
-                          "on data no setting had seen it cost AP against the hard labels alone (README "
-                          "\"Experiment\"); off = the hard pseudo-labels are the teacher -> student link", False)
+                          "section 1); off by default: over seeds it cost AP against the hard labels alone (README "
+                          "\"Experiment\"), which are then the teacher -> student link", False)
     scale_consistency: bool = _help("scale-equivalent loss between the student's full-size and 0.5x views", True)
     scale_target: str = _help("target of the 0.5x view: student (full-size outputs, detached) | mutual "
                               "(gradient into both sizes) | teacher (the teacher's outputs)", "student")
@@ -106,9 +105,8 @@ class TrainConfig:
     hard_pseudo_labels: bool = _help("design choice, deviates from Figure 1 (no hard-label term there): add the "
                                      "teacher's detections >= --pseudo-threshold as hard labels of the four Faster "
                                      "R-CNN losses on the strong view, so that the unlabeled images train box "
-                                     "regression too; on by default since stop 19 (README \"Experiment\"); "
-                                     "off needs --distill; --distill --no-hard-pseudo-labels = SED as Figure 1 "
-                                     "draws it", True)
+                                     "regression too (README \"Experiment\"); off needs --distill; "
+                                     "--distill --no-hard-pseudo-labels = SED as Figure 1 draws it", True)
     pseudo_threshold: float = _help("score threshold of the hard pseudo-labels", 0.7)
     hard_label_rois: str = _help("design choice: the RoIs of the hard labels' box-head loss: student (the "
                                  "student's own proposals, sampled as in supervised training: Unbiased Teacher) | "
@@ -136,9 +134,7 @@ class TrainConfig:
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("design choice: the teacher's top proposals per image (by objectness, after "
                                    "NMS) used as RoIs for distillation and the scale link; 256 = the experiment's 32 "
-                                   "per 128 px image at this scale, which every run of the default used: 512 did not "
-                                   "pay without the soft distillation (docs/experiment/stop27), fewer cost AP with it "
-                                   "(docs/experiment/proposals, stop 21)", 256)
+                                   "per 128 px image at this image size (README \"Experiment\")", 256)
     strong_color_jitter: float = _help("strength of the strong view's colour jitter", 0.4)
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
     strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)

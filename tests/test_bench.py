@@ -1,8 +1,12 @@
 """make bench's --parts: which comparisons run (the comparisons themselves are measurements, not tests)."""
+import dataclasses
+
 import pytest
 import torch
 
 from sed import bench
+from sed.config import TrainConfig, build_parser
+from sed.experiment import ROWS
 
 
 def run_parts(monkeypatch, parts):
@@ -17,6 +21,18 @@ def test_parts_runs_only_the_named_comparisons(monkeypatch):
         ("SED fig.1 1+4 vs sup 5", ["sed step, figure 1", "supervised, same images"])]
     assert [kind for kind, _ in run_parts(monkeypatch, ["detector", "sed"])] == [
         "train step (batch 2)", "inference (batch 2)", "SED 1+4 vs sup 5"]
+
+
+def test_teacher_student_parts_compare_with_supervised_and_with_the_default(monkeypatch):
+    assert run_parts(monkeypatch, ["teacher-student", "sed-over-ts"]) == [
+        ("teacher-student 1+4 vs sup 5", ["teacher-student step", bench.SUPERVISED]),
+        ("SED 1+4 vs t-s 1+4", ["sed step", "teacher-student step"])]
+
+
+def test_the_teacher_student_step_is_the_experiment_s_teacher_student_row():
+    """The bench's baseline step runs the config of `sed.experiment`'s teacher_student row flags."""
+    parsed = TrainConfig(**vars(build_parser().parse_args(ROWS["teacher_student"])))
+    assert parsed == dataclasses.replace(TrainConfig(), **bench.SED_STEPS["teacher-student step"])
 
 
 def test_compare_speed_reverses_the_order_every_other_round_and_drops_the_warm_up(monkeypatch):
