@@ -211,7 +211,8 @@ def compare(kind, sides, args, state, state_file, device, images):
           f"ratio {mem[a] / max(mem[b], 1):.3f}", flush=True)
 
 
-def main(argv=None):
+def parse_args(argv=None):
+    """The command line -> checked arguments; a bad size or count is one line, exit status 2."""
     parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch-size", type=int, default=2, help="images of the detector comparison")
@@ -227,7 +228,8 @@ def main(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="autocast precision of every step, as train.py --dtype")
     parser.add_argument("--parts", nargs="+", default=["detector", *PARTS], choices=["detector", *PARTS],
-                        help="what to compare: ours vs torchvision (detector), and each SED step vs supervised; "
+                        help="what to compare: ours vs torchvision (detector), each SED step and the "
+                        "teacher-student's vs supervised, the default SED step vs the teacher-student's (sed-over-ts); "
                         "e.g. `--parts sed sed-figure1 --height 800 --width 1333 --min-size 800 --max-size 1333` "
                         "measures the SED ratios at train.py's default image size")
     parser.add_argument("--data", action="store_true",
@@ -244,6 +246,11 @@ def main(argv=None):
         parser.error(f"must be >= 1: {', '.join(too_small)}")
     if args.max_size < args.min_size:
         parser.error(f"--max-size must be >= --min-size, got {args.max_size} and {args.min_size}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.data:
         return bench_data.main(args.data_dir, args.repeats, args.data_batches, args.data_images)
     device = torch.device(args.device)
