@@ -50,11 +50,14 @@ SED_STEPS = {"sed step": {}, "sed step, teacher rois": {"hard_label_rois": "teac
              "sed step, figure 1": {"distill": True, "hard_pseudo_labels": False},
              "teacher-student step": {"scale_consistency": False, "reweight": False}}  # experiment's teacher_student
 SUPERVISED = "supervised, same images"
-PARTS = {"sed": ("SED", "sed step", SUPERVISED),  # --parts name -> (printed name, step kind, reference step kind)
-         "sed-teacher-rois": ("SED teacher rois", "sed step, teacher rois", SUPERVISED),
-         "sed-figure1": ("SED fig.1", "sed step, figure 1", SUPERVISED),
-         "teacher-student": ("teacher-student", "teacher-student step", SUPERVISED),
-         "sed-over-ts": ("SED", "sed step", "teacher-student step")}
+LABELS = {**{kind: "t-s" if kind.startswith("teacher") else "sed" for kind in SED_STEPS}, SUPERVISED: "supervised"}
+OVER_SUP = f"{SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}"
+PARTS = {"sed": (f"SED {OVER_SUP}", "sed step", SUPERVISED),  # --parts name -> (printed name, step, reference step)
+         "sed-teacher-rois": (f"SED teacher rois {OVER_SUP}", "sed step, teacher rois", SUPERVISED),
+         "sed-figure1": (f"SED fig.1 {OVER_SUP}", "sed step, figure 1", SUPERVISED),
+         "teacher-student": (f"teacher-student {OVER_SUP}", "teacher-student step", SUPERVISED),
+         "sed-over-ts": (f"SED {SED_LABELED}+{SED_UNLABELED} vs t-s {SED_LABELED}+{SED_UNLABELED}", "sed step",
+                         "teacher-student step")}
 
 
 def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
@@ -268,11 +271,7 @@ def main(argv=None):
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
                 args, state, state_file, device, args.batch_size)
     for name, kind, reference in (PARTS[part] for part in PARTS if part in args.parts):
-        versus = (f"sup {SED_LABELED + SED_UNLABELED}" if reference == SUPERVISED
-                  else f"t-s {SED_LABELED}+{SED_UNLABELED}")
-        compare(f"{name} {SED_LABELED}+{SED_UNLABELED} vs {versus}",
-                [("sed" if kind.startswith("sed") else "t-s", "ours", kind),
-                 ("supervised" if reference == SUPERVISED else "t-s", "ours", reference)],
+        compare(name, [(LABELS[kind], "ours", kind), (LABELS[reference], "ours", reference)],
                 args, state, state_file, device, SED_LABELED + SED_UNLABELED)
     os.remove(state_file)
 

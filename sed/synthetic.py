@@ -319,7 +319,7 @@ def _mosaic_background(rng, w, h):
 
 
 def _object_colour(rng, bg_colours):
-    """A random colour far from both background colours (visible contrast)."""
+    """A random colour far from every background colour (visible contrast)."""
     while True:
         colour = rng.integers(0, 256, size=3)
         if all(np.linalg.norm(colour - c) >= MIN_CONTRAST for c in bg_colours):
