@@ -50,7 +50,8 @@ SED_STEPS = {"sed step": {}, "sed step, teacher rois": {"hard_label_rois": "teac
              "sed step, figure 1": {"distill": True, "hard_pseudo_labels": False},
              "teacher-student step": {"scale_consistency": False, "reweight": False}}  # experiment's teacher_student
 SUPERVISED = "supervised, same images"
-LABELS = {**{kind: "t-s" if kind.startswith("teacher") else "sed" for kind in SED_STEPS}, SUPERVISED: "supervised"}
+LABELS = {"sed step": "sed", "sed step, teacher rois": "sed", "sed step, figure 1": "sed",  # step kind -> printed
+          "teacher-student step": "t-s", SUPERVISED: "supervised"}
 OVER_SUP = f"{SED_LABELED}+{SED_UNLABELED} vs sup {SED_LABELED + SED_UNLABELED}"
 PARTS = {"sed": (f"SED {OVER_SUP}", "sed step", SUPERVISED),  # --parts name -> (printed name, step, reference step)
          "sed-teacher-rois": (f"SED teacher rois {OVER_SUP}", "sed step, teacher rois", SUPERVISED),

@@ -29,6 +29,12 @@ def test_teacher_student_parts_compare_with_supervised_and_with_the_default(monk
         ("SED 1+4 vs t-s 1+4", ["sed step", "teacher-student step"])]
 
 
+def test_every_part_names_both_sides_of_its_comparison(monkeypatch):
+    """Each step kind of PARTS has its printed label (bench.LABELS): all parts run to their comparison."""
+    calls = run_parts(monkeypatch, list(bench.PARTS))
+    assert [kind for kind, _ in calls] == [name for name, _, _ in bench.PARTS.values()]
+
+
 def test_the_teacher_student_step_is_the_experiment_s_teacher_student_row():
     """The bench's baseline step runs the config of `sed.experiment`'s teacher_student row flags."""
     parsed = TrainConfig(**vars(build_parser().parse_args(ROWS["teacher_student"])))

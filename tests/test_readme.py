@@ -1,9 +1,9 @@
 """The README's command lines parse: every train.py, eval.py, sed.experiment and sed.bench command in its
 code blocks uses flags and values that the program accepts (what a user copies first must not fail on a
 typo or a renamed flag of ours). Paths are not checked for train.py; eval.py's are created in a scratch folder."""
+import importlib.util
 import re
 import shlex
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,8 +11,9 @@ import pytest
 from sed import bench, config, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-import eval as eval_cli  # noqa: E402  (eval.py at the top of the repository)
+spec = importlib.util.spec_from_file_location("eval_script", ROOT / "eval.py")   # as tests/test_eval_cli.py
+eval_cli = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(eval_cli)
 
 # What the README's "<the data flags above>" and "<same flags>" stand for: its first COCO command's data flags.
 PLACEHOLDERS = {"<the data flags above>": "--train-ann coco/annotations/instances_train2017.json "
