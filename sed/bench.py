@@ -41,6 +41,7 @@ from sed.errors import ArgumentParser
 from sed.evaluation import autocast
 from sed.losses import SEDObjective
 from sed.teacher import make_teacher
+from sed.views import SIZE_DIVISIBLE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # train.py: the exact training steps
 import train  # noqa: E402
@@ -61,16 +62,20 @@ PARTS = {"sed": (f"SED {OVER_SUP}", "sed step", SUPERVISED),  # --parts name -> 
                          "teacher-student step")}
 
 
+BOXES_PER_IMAGE = 4  # make_inputs' ground-truth boxes per image
+BACKGROUND_BIAS = "roi_heads.box_predictor.cls_score.bias"  # [C+1] in torchvision's state; index 0: background
+
+
 def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
-    """Random images with four random boxes each (labels 1..min(5, num_classes))."""
+    """Random images with BOXES_PER_IMAGE random boxes each (labels 1..min(5, num_classes))."""
     g = torch.Generator().manual_seed(seed)
     images, targets = [], []
     for _ in range(batch_size):
         images.append(torch.rand(3, height, width, generator=g).to(device))
-        xy = torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.6
-        wh = 16 + torch.rand(4, 2, generator=g) * torch.tensor([width, height]) * 0.3
+        xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * torch.tensor([width, height]) * 0.6
+        wh = 16 + torch.rand(BOXES_PER_IMAGE, 2, generator=g) * torch.tensor([width, height]) * 0.3
         targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device),
-                        "labels": torch.randint(1, min(5, num_classes) + 1, (4,), generator=g).to(device)})
+                        "labels": torch.randint(1, min(5, num_classes) + 1, (BOXES_PER_IMAGE,), generator=g).to(device)})
     return images, targets
 
 
@@ -85,6 +90,46 @@ def torchvision_model(args, state):
         min_size=args.min_size, max_size=args.max_size)
     model.load_state_dict(state)
     return model
+
+
+@torch.no_grad()
+def pseudo_labels_per_image(model, weak_batch, threshold):
+    """Mean number of the eval-mode model's detections >= threshold per image of weak_batch: the teacher's
+    hard pseudo-labels (sed.losses.pseudo_targets)."""
+    detections = model.detect(weak_batch)
+    return sum(int((d["scores"] >= threshold).sum()) for d in detections) / len(detections)
+
+
+@torch.no_grad()
+def with_trained_like_teacher(state, args, device, steps=12):
+    """The random weights with the background logit's bias raised until the teacher of the SED step gives at
+    most BOXES_PER_IMAGE pseudo-labels per unlabeled image, as many as a labeled image has boxes (stop 34).
+
+    Random weights score almost every proposal as an object (p_background ~ 0): the teacher's 100 detections
+    per image all pass --pseudo-threshold, and each unlabeled image would bring 25x a labeled image's boxes
+    into the hard labels' matching and sampling, where a trained teacher keeps a few. Design choice of the
+    bench: one scalar, found by bisection in [0, 64]; the supervised step's work does not depend on it, and
+    every part (ours and torchvision's too) runs on the same weights. Returns (state, offset, before, after).
+    """
+    model = our_model(args, state).to(device).eval()
+    images, _ = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device, num_classes=args.num_classes)
+    weak_batch, _ = model.transform(images[SED_LABELED:], size_divisible=SIZE_DIVISIBLE)  # the teacher's view
+    bias, base = model.roi_heads.predictor.cls_score.bias, float(state[BACKGROUND_BIAS][0])  # bias: [C+1]
+
+    def count(offset):
+        bias[0] = base + offset
+        return pseudo_labels_per_image(model, weak_batch, TrainConfig().pseudo_threshold)
+
+    low, high = 0.0, 64.0
+    before = count(low)
+    if before <= BOXES_PER_IMAGE:
+        return state, 0.0, before, before
+    for _ in range(steps):   # invariant: count(low) > BOXES_PER_IMAGE >= count(high)
+        middle = (low + high) / 2
+        low, high = (middle, high) if count(middle) > BOXES_PER_IMAGE else (low, middle)
+    state = {**state, BACKGROUND_BIAS: state[BACKGROUND_BIAS].clone()}
+    state[BACKGROUND_BIAS][0] = base + high
+    return state, high, before, count(high)
 
 
 def make_step(kind, which, args, state, device):
@@ -264,10 +309,13 @@ def main(argv=None):
     torch.manual_seed(0)
     state = torchvision.models.detection.fasterrcnn_resnet50_fpn(  # random weights shared by all sides
         weights=None, weights_backbone=None, num_classes=args.num_classes + 1).state_dict()
+    state, offset, before, after = with_trained_like_teacher(state, args, device)
     state_file = os.path.join(tempfile.mkdtemp(), "weights.pt")
     torch.save(state, state_file)
     print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, {args.dtype}, "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
+    print(f"background logit +{offset:.2f}: the SED teacher's pseudo-labels per unlabeled image {before:.1f} -> "
+          f"{after:.1f} (labeled images: {BOXES_PER_IMAGE} boxes)")
     for kind in ("train step", "inference") if "detector" in args.parts else ():
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
                 args, state, state_file, device, args.batch_size)

@@ -1,8 +1,10 @@
 """make bench's --parts: which comparisons run (the comparisons themselves are measurements, not tests)."""
+import argparse
 import dataclasses
 
 import pytest
 import torch
+import torchvision
 
 from sed import bench
 from sed.config import TrainConfig, build_parser
@@ -12,6 +14,7 @@ from sed.experiment import ROWS
 def run_parts(monkeypatch, parts):
     calls = []
     monkeypatch.setattr(bench, "compare", lambda kind, sides, *rest: calls.append((kind, [s[2] for s in sides])))
+    monkeypatch.setattr(bench, "with_trained_like_teacher", lambda state, *rest: (state, 0.0, 0.0, 0.0))
     bench.main(["--parts", *parts, "--num-classes", "2"])
     return calls
 
@@ -71,3 +74,23 @@ def test_sizes_and_counts_are_checked(capsys):
         with pytest.raises(SystemExit) as stop:
             bench.main(argv)
         assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == message
+
+
+def test_the_bench_teacher_keeps_as_many_pseudo_labels_as_a_labeled_image_has_boxes():
+    """Random weights make every detection a pseudo-label; the raised background bias leaves at most
+    BOXES_PER_IMAGE per unlabeled image, and a slightly smaller raise leaves more (bisection's invariant)."""
+    torch.manual_seed(0)
+    state = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
+                                                                  num_classes=3).state_dict()
+    args = argparse.Namespace(num_classes=2, height=128, width=192, min_size=128, max_size=192)
+    new, offset, before, after = bench.with_trained_like_teacher(state, args, "cpu", steps=8)
+    assert before > bench.BOXES_PER_IMAGE >= after and offset > 0
+    assert torch.equal(new[bench.BACKGROUND_BIAS][1:], state[bench.BACKGROUND_BIAS][1:])   # one scalar changed
+    assert all(torch.equal(new[k], v) for k, v in state.items() if k != bench.BACKGROUND_BIAS)
+    images, _ = bench.make_inputs(bench.SED_LABELED + bench.SED_UNLABELED, 128, 192, "cpu", num_classes=2)
+    counts = []
+    for weights in (new, {**state, bench.BACKGROUND_BIAS: new[bench.BACKGROUND_BIAS] - torch.tensor([64 / 2**8, 0, 0])}):
+        model = bench.our_model(args, weights).eval()
+        weak, _ = model.transform(images[bench.SED_LABELED:], size_divisible=64)
+        counts.append(bench.pseudo_labels_per_image(model, weak, TrainConfig().pseudo_threshold))
+    assert counts[0] == after and counts[1] > bench.BOXES_PER_IMAGE
