@@ -33,6 +33,9 @@ Twelve families (`--family`, `FAMILIES`):
 - stencils: generated at stop 33, before any run on it, an eleventh family for checking the default's
   long schedule on data no setting has seen: crowns, pills and combs (1-6 per image, 5 px to 0.5 of the
   image side) on a mosaic of three colours with clutter;
+- emblems: generated at stop 34, before any run on it, a twelfth family for checking a cheaper default
+  (fewer teacher proposals) on data no setting has seen: cups, zeds and trefoils (1-5 per image, 6 px to
+  0.5 of the image side) on specks of a second colour with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -66,7 +69,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
-    #                          | "grid" | "ripples" | "bricks" | "mosaic"
+    #                          | "grid" | "ripples" | "bricks" | "mosaic" | "speckle"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -98,6 +101,8 @@ FAMILIES = {
     "tiles": Family(((31, "heart", 0.4), (32, "flag", 0.35), (33, "ladder", 0.25)), 5, 0.5, 6, "bricks", True),
     # an eleventh family, generated at stop 33 before any run on it: other classes, a mosaic of three colours
     "stencils": Family(((34, "crown", 0.4), (35, "pill", 0.35), (36, "comb", 0.25)), 5, 0.5, 6, "mosaic", True),
+    # a twelfth family, generated at stop 34 before any run on it: other classes, specks of a second colour
+    "emblems": Family(((37, "cup", 0.4), (38, "zed", 0.35), (39, "trefoil", 0.25)), 6, 0.5, 5, "speckle", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -202,6 +207,18 @@ def _draw_shape(name, w, h):
         d.rectangle([0, 0, r, b / 3], fill=255)
         for x in (0, 2 * r / 7, 4 * r / 7, 6 * r / 7):
             d.rectangle([x, 0, x + r / 7, b], fill=255)
+    elif name == "cup":         # a U: two side bars and a bottom bar, each a quarter of the box thick
+        d.rectangle([0, 0, r / 4, b], fill=255)
+        d.rectangle([3 * r / 4, 0, r, b], fill=255)
+        d.rectangle([0, 3 * b / 4, r, b], fill=255)
+    elif name == "zed":         # a Z: top and bottom bars a quarter of the box high joined by a diagonal stroke
+        d.rectangle([0, 0, r, b / 4], fill=255)
+        d.rectangle([0, 3 * b / 4, r, b], fill=255)
+        d.polygon([(0.7 * r, b / 4), (r, b / 4), (0.3 * r, 3 * b / 4), (0, 3 * b / 4)], fill=255)
+    elif name == "trefoil":     # three discs, each half the box wide and high: two below, one centred above
+        d.ellipse([r / 4, 0, 3 * r / 4, b / 2], fill=255)
+        d.ellipse([0, b / 2, r / 2, b], fill=255)
+        d.ellipse([r / 2, b / 2, r, b], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -318,6 +335,16 @@ def _mosaic_background(rng, w, h):
     return Image.fromarray(colours[pick[rows, cols]].astype(np.uint8)), tuple(colours)
 
 
+def _speckle_background(rng, w, h):
+    """Square specks (2-4 px, on a random grid) of one muted colour covering a random 20-40 % of another
+    -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=3), rng.uniform(60, 190, size=3)
+    speck = int(rng.integers(2, 5))
+    cells = rng.random(size=(h // speck + 1, w // speck + 1)) < rng.uniform(0.2, 0.4)   # speck-sized cells
+    ys, xs = np.mgrid[0:h, 0:w] // speck
+    return _blend(c0, c1, cells[ys, xs].astype(float))   # t [h, w] in {0, 1}
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from every background colour (visible contrast)."""
     while True:
@@ -351,7 +378,8 @@ def _render(rng, w, h, empty, family):
     backgrounds = {"gradient": _background, "noise": _noise_background, "stripes": _stripes_background,
                    "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
                    "grid": _grid_background, "ripples": _ripples_background,
-                   "bricks": _bricks_background, "mosaic": _mosaic_background}
+                   "bricks": _bricks_background, "mosaic": _mosaic_background,
+                   "speckle": _speckle_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)
@@ -440,7 +468,8 @@ def main(argv=None):
                         "polygons: 3 others on noise with clutter; glyphs: 4 others on stripes with clutter; "
                         "blocks: 3 others on a checkerboard; marks: 3 others on polka dots; signs: 3 others on "
                         "plaid; badges: 3 others on a grid of lines; icons: 3 others on ripples; tiles: 3 others "
-                        "on bricks; stencils: 3 others on a mosaic (all seven with clutter); easy: 3 large "
+                        "on bricks; stencils: 3 others on a mosaic; emblems: 3 others on specks (all eight with "
+                        "clutter); easy: 3 large "
                         "shapes, no clutter (the demo)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error")
     args = p.parse_args(argv)

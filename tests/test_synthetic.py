@@ -102,7 +102,8 @@ def test_blended_families_classes_and_background(tmp_path, family, ids, backgrou
 @pytest.mark.parametrize("family, ids, background", [("blocks", [16, 17, 18], synthetic._checker_background),
                                                     ("marks", [19, 20, 21], synthetic._dots_background),
                                                     ("badges", [25, 26, 27], synthetic._grid_background),
-                                                    ("tiles", [31, 32, 33], synthetic._bricks_background)])
+                                                    ("tiles", [31, 32, 33], synthetic._bricks_background),
+                                                    ("emblems", [37, 38, 39], synthetic._speckle_background)])
 def test_two_colour_families_classes_and_background(tmp_path, family, ids, background):
     paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family=family)
     coco = COCO(str(paths["train_ann"]))
@@ -121,6 +122,13 @@ def test_stencils_family_classes_and_three_colour_mosaic(tmp_path):
     img, colours = synthetic._mosaic_background(np.random.default_rng(0), 64, 48)
     found = {tuple(c) for c in np.unique(np.asarray(img).reshape(-1, 3), axis=0)}   # each cell one of the three
     assert found == {tuple(c.astype(np.uint8)) for c in colours} and len(colours) == 3
+
+
+def test_specks_cover_20_to_40_percent():
+    for seed in range(5):
+        img, (c0, c1) = synthetic._speckle_background(np.random.default_rng(seed), 128, 96)
+        is_speck = (np.asarray(img).reshape(-1, 3) == c1.astype(np.uint8)).all(axis=1)
+        assert 0.15 < is_speck.mean() < 0.45   # 20-40 % of the speck cells, the last row and column cut
 
 
 def test_dots_are_the_minority_colour():
