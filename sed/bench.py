@@ -17,6 +17,10 @@
    scale link) against the same supervised step, and the default SED step against it directly
    (`--parts sed-over-ts`): what SED's own terms (the 0.5x view, the scale targets) cost over the baseline
    it improves on.
+Every part runs on the same random weights, made to do a trained detector's work (`trained_like`): zero
+box deltas, so that the RPN keeps its 2000 / 1000 proposals per image after NMS, and a background logit
+raised until the SED step's teacher keeps 4 pseudo-labels per unlabeled image, as many as a labeled image
+has boxes (plain random weights: about 415 / 325 proposals and 100 pseudo-labels).
 Times are medians over rounds, measured in one process with the order reversed every other round so
 both sides see the same machine load; each ratio is the median of the rounds' ratios (with their range).
 Peak memory: CUDA, the allocator's peak during one step; CPU, the growth of the resident size
@@ -64,6 +68,8 @@ PARTS = {"sed": (f"SED {OVER_SUP}", "sed step", SUPERVISED),  # --parts name -> 
 
 BOXES_PER_IMAGE = 4  # make_inputs' ground-truth boxes per image
 BACKGROUND_BIAS = "roi_heads.box_predictor.cls_score.bias"  # [C+1] in torchvision's state; index 0: background
+REGRESSION = ("rpn.head.bbox_pred.weight", "rpn.head.bbox_pred.bias",   # torchvision's state: the box deltas
+              "roi_heads.box_predictor.bbox_pred.weight", "roi_heads.box_predictor.bbox_pred.bias")
 
 
 def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
@@ -101,16 +107,21 @@ def pseudo_labels_per_image(model, weak_batch, threshold):
 
 
 @torch.no_grad()
-def with_trained_like_teacher(state, args, device, steps=12):
-    """The random weights with the background logit's bias raised until the teacher of the SED step gives at
-    most BOXES_PER_IMAGE pseudo-labels per unlabeled image, as many as a labeled image has boxes (stop 34).
+def trained_like(state, args, device, steps=12):
+    """Random weights that do the work of a trained detector's step: its counts of proposals, detections and
+    pseudo-labels, which the step's time depends on (stop 34). Two changes, the same for every side and part:
 
-    Random weights score almost every proposal as an object (p_background ~ 0): the teacher's 100 detections
-    per image all pass --pseudo-threshold, and each unlabeled image would bring 25x a labeled image's boxes
-    into the hard labels' matching and sampling, where a trained teacher keeps a few. Design choice of the
-    bench: one scalar, found by bisection in [0, 64]; the supervised step's work does not depend on it, and
-    every part (ours and torchvision's too) runs on the same weights. Returns (state, offset, before, after).
+    1. The box-regression layers (RPN and box head) are zero, so proposals are the anchors and detections the
+       proposals. Random deltas made almost every box the image's full height, and the RPN's NMS kept about
+       415 of 2000 proposals per image in training and 325 of 1000 in evaluation mode; with zero deltas it
+       keeps 2000 and 1000, as a trained RPN does (docs/experiment/stop30/bench_counts.py measured the former).
+    2. The background logit's bias is raised (bisection in [0, 64]) until the SED step's teacher keeps at most
+       BOXES_PER_IMAGE pseudo-labels per unlabeled image, as many as a labeled image has boxes. Random weights
+       score almost every proposal as an object, and all 100 detections per image passed --pseudo-threshold:
+       25x a labeled image's boxes into the hard labels' matching and sampling.
+    Design choice of the bench. Returns (state, offset, pseudo-labels per image before 2, after 2).
     """
+    state = {k: torch.zeros_like(v) if k in REGRESSION else v for k, v in state.items()}
     model = our_model(args, state).to(device).eval()
     images, _ = make_inputs(SED_LABELED + SED_UNLABELED, args.height, args.width, device, num_classes=args.num_classes)
     weak_batch, _ = model.transform(images[SED_LABELED:], size_divisible=SIZE_DIVISIBLE)  # the teacher's view
@@ -127,7 +138,7 @@ def with_trained_like_teacher(state, args, device, steps=12):
     for _ in range(steps):   # invariant: count(low) > BOXES_PER_IMAGE >= count(high)
         middle = (low + high) / 2
         low, high = (middle, high) if count(middle) > BOXES_PER_IMAGE else (low, middle)
-    state = {**state, BACKGROUND_BIAS: state[BACKGROUND_BIAS].clone()}
+    state[BACKGROUND_BIAS] = state[BACKGROUND_BIAS].clone()
     state[BACKGROUND_BIAS][0] = base + high
     return state, high, before, count(high)
 
@@ -309,13 +320,13 @@ def main(argv=None):
     torch.manual_seed(0)
     state = torchvision.models.detection.fasterrcnn_resnet50_fpn(  # random weights shared by all sides
         weights=None, weights_backbone=None, num_classes=args.num_classes + 1).state_dict()
-    state, offset, before, after = with_trained_like_teacher(state, args, device)
+    state, offset, before, after = trained_like(state, args, device)
     state_file = os.path.join(tempfile.mkdtemp(), "weights.pt")
     torch.save(state, state_file)
     print(f"R50-FPN, {args.num_classes} classes, {args.height}x{args.width} images, {device}, {args.dtype}, "
           f"torch {torch.__version__}, torchvision {torchvision.__version__}")
-    print(f"background logit +{offset:.2f}: the SED teacher's pseudo-labels per unlabeled image {before:.1f} -> "
-          f"{after:.1f} (labeled images: {BOXES_PER_IMAGE} boxes)")
+    print(f"trained-like weights: box deltas 0 (proposals = anchors), background logit +{offset:.2f}: the SED "
+          f"teacher's pseudo-labels per unlabeled image {before:.1f} -> {after:.1f} (labeled: {BOXES_PER_IMAGE} boxes)")
     for kind in ("train step", "inference") if "detector" in args.parts else ():
         compare(f"{kind} (batch {args.batch_size})", [("ours", "ours", kind), ("torchvision", "torchvision", kind)],
                 args, state, state_file, device, args.batch_size)

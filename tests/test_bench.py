@@ -14,7 +14,7 @@ from sed.experiment import ROWS
 def run_parts(monkeypatch, parts):
     calls = []
     monkeypatch.setattr(bench, "compare", lambda kind, sides, *rest: calls.append((kind, [s[2] for s in sides])))
-    monkeypatch.setattr(bench, "with_trained_like_teacher", lambda state, *rest: (state, 0.0, 0.0, 0.0))
+    monkeypatch.setattr(bench, "trained_like", lambda state, *rest: (state, 0.0, 0.0, 0.0))
     bench.main(["--parts", *parts, "--num-classes", "2"])
     return calls
 
@@ -76,21 +76,30 @@ def test_sizes_and_counts_are_checked(capsys):
         assert stop.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == message
 
 
-def test_the_bench_teacher_keeps_as_many_pseudo_labels_as_a_labeled_image_has_boxes():
-    """Random weights make every detection a pseudo-label; the raised background bias leaves at most
-    BOXES_PER_IMAGE per unlabeled image, and a slightly smaller raise leaves more (bisection's invariant)."""
+def test_trained_like_weights_propose_anchors_and_keep_as_many_pseudo_labels_as_a_labeled_image_has_boxes():
+    """Zero box deltas: every proposal is an anchor (clipped to the image). The raised background bias leaves
+    at most BOXES_PER_IMAGE pseudo-labels per unlabeled image, and a smaller raise leaves more (bisection's
+    invariant). Nothing else changes."""
     torch.manual_seed(0)
     state = torchvision.models.detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None,
                                                                   num_classes=3).state_dict()
     args = argparse.Namespace(num_classes=2, height=128, width=192, min_size=128, max_size=192)
-    new, offset, before, after = bench.with_trained_like_teacher(state, args, "cpu", steps=8)
+    new, offset, before, after = bench.trained_like(state, args, "cpu", steps=8)
     assert before > bench.BOXES_PER_IMAGE >= after and offset > 0
-    assert torch.equal(new[bench.BACKGROUND_BIAS][1:], state[bench.BACKGROUND_BIAS][1:])   # one scalar changed
-    assert all(torch.equal(new[k], v) for k, v in state.items() if k != bench.BACKGROUND_BIAS)
+    assert all(not new[k].any() for k in bench.REGRESSION)
+    assert torch.equal(new[bench.BACKGROUND_BIAS][1:], state[bench.BACKGROUND_BIAS][1:])   # one scalar raised
+    assert all(torch.equal(new[k], v) for k, v in state.items() if k not in (bench.BACKGROUND_BIAS, *bench.REGRESSION))
     images, _ = bench.make_inputs(bench.SED_LABELED + bench.SED_UNLABELED, 128, 192, "cpu", num_classes=2)
+    lower = new[bench.BACKGROUND_BIAS] - torch.tensor([64 / 2**8, 0, 0])   # one bisection step below
     counts = []
-    for weights in (new, {**state, bench.BACKGROUND_BIAS: new[bench.BACKGROUND_BIAS] - torch.tensor([64 / 2**8, 0, 0])}):
+    for weights in (new, {**new, bench.BACKGROUND_BIAS: lower}):
         model = bench.our_model(args, weights).eval()
         weak, _ = model.transform(images[bench.SED_LABELED:], size_divisible=64)
         counts.append(bench.pseudo_labels_per_image(model, weak, TrainConfig().pseudo_threshold))
     assert counts[0] == after and counts[1] > bench.BOXES_PER_IMAGE
+    with torch.no_grad():
+        features = model.features(weak.tensors)
+        proposals, _ = model.rpn(weak, features)
+    anchors = torch.cat(model.rpn.anchors(weak, features))   # [R, 4], the same for every image of the batch
+    clipped = torchvision.ops.clip_boxes_to_image(anchors, weak.image_sizes[0])
+    assert all((p[:, None] == clipped[None]).all(dim=2).any(dim=1).all() for p in proposals)
