@@ -80,8 +80,8 @@ def make_inputs(batch_size, height, width, device, seed=0, num_classes=80):
         images.append(torch.rand(3, height, width, generator=g).to(device))
         xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * torch.tensor([width, height]) * 0.6
         wh = 16 + torch.rand(BOXES_PER_IMAGE, 2, generator=g) * torch.tensor([width, height]) * 0.3
-        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device),
-                        "labels": torch.randint(1, min(5, num_classes) + 1, (BOXES_PER_IMAGE,), generator=g).to(device)})
+        labels = torch.randint(1, min(5, num_classes) + 1, (BOXES_PER_IMAGE,), generator=g)
+        targets.append({"boxes": torch.cat([xy, xy + wh], dim=1).to(device), "labels": labels.to(device)})
     return images, targets
 
 

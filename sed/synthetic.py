@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Twelve families (`--family`, `FAMILIES`):
+Thirteen families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -33,9 +33,9 @@ Twelve families (`--family`, `FAMILIES`):
 - stencils: generated at stop 33, before any run on it, an eleventh family for checking the default's
   long schedule on data no setting has seen: crowns, pills and combs (1-6 per image, 5 px to 0.5 of the
   image side) on a mosaic of three colours with clutter;
-- emblems: generated at stop 34, before any run on it, a twelfth family for checking a cheaper default
-  (fewer teacher proposals) on data no setting has seen: cups, zeds and trefoils (1-5 per image, 6 px to
-  0.5 of the image side) on specks of a second colour with clutter;
+- emblems: generated at stop 34, before any run on it, a twelfth family for checking the default on data
+  no setting has seen: cups, zeds and trefoils (1-5 per image, 6 px to 0.5 of the image side) on specks
+  of a second colour with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:

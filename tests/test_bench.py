@@ -1,4 +1,5 @@
-"""make bench's --parts: which comparisons run (the comparisons themselves are measurements, not tests)."""
+"""make bench's --parts: which comparisons run, and the trained-like weights every part runs on (the comparisons
+themselves are measurements, not tests)."""
 import argparse
 import dataclasses
 
