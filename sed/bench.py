@@ -43,7 +43,7 @@ from sed import bench_data
 from sed.config import TrainConfig
 from sed.errors import ArgumentParser
 from sed.evaluation import autocast
-from sed.losses import SEDObjective
+from sed.losses import SEDObjective, pseudo_targets
 from sed.teacher import make_teacher
 from sed.views import SIZE_DIVISIBLE
 
@@ -100,10 +100,10 @@ def torchvision_model(args, state):
 
 @torch.no_grad()
 def pseudo_labels_per_image(model, weak_batch, threshold):
-    """Mean number of the eval-mode model's detections >= threshold per image of weak_batch: the teacher's
-    hard pseudo-labels (sed.losses.pseudo_targets)."""
-    detections = model.detect(weak_batch)
-    return sum(int((d["scores"] >= threshold).sum()) for d in detections) / len(detections)
+    """Mean number of the eval-mode model's hard pseudo-labels (detections >= threshold) per image of
+    weak_batch."""
+    targets = pseudo_targets(model.detect(weak_batch), threshold)
+    return sum(len(t["boxes"]) for t in targets) / len(targets)
 
 
 @torch.no_grad()
