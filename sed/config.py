@@ -187,27 +187,54 @@ RUN_FIELDS = ("train_ann", "train_images", "seed", "min_size", "max_size", "dtyp
 ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi"),
              "reweight": ("reweight_anchors", "weight_gamma", "weight_floor"),
              "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction")}
+# The settings of the teacher's soft targets, their RoIs and their weights: only the self-distillation and the
+# scale term read them (sed/losses.py); the hard labels alone do not.
+SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
+                      "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
+                      "distill_reg_threshold", "teacher_proposals"}
 
 
-def unused_sed_fields(cfg):
-    """The SED fields an SED run does not use: those of a switched-off component (ONLY_WITH); the sharpening of
-    the teacher's targets when nothing learns from them (sed/losses.py: only the self-distillation and the
-    scale link's --scale-target teacher do); the box-delta threshold when no box delta is distilled."""
-    fields = [f for switch, names in ONLY_WITH.items() if not getattr(cfg, switch) for f in names]
+def unused_fields(cfg):
+    """The settings a run's switches leave unused, each changing nothing (sed/losses.py, sed/teacher.py):
+    - every SED setting of a supervised run;
+    - those of a switched-off component (ONLY_WITH), and the soft targets' without distillation and scale term;
+    - --target-sharpen when nothing learns from the teacher's soft targets (only the self-distillation and
+      --scale-target teacher do); --distill-reg-threshold when no box delta is distilled;
+    - --hard-pseudo-labels without distillation (the hard labels are on either way);
+    - --hard-label-rois without hard labels or without the student's box-head outputs on the teacher's
+      proposals; --hard-label-roi-fraction without hard labels or with them on the teacher's proposals;
+    - --distill-norm count or weight without re-weighting (every weight is 1: the same mean, bit for bit).
+    train.py warns of such a flag given another value (unused_settings); sed.experiment leaves them out of
+    what makes two runs the same run."""
+    if cfg.method != "sed":
+        return set(SED_FIELDS)
+    unused = {f for switch, names in ONLY_WITH.items() if not getattr(cfg, switch) for f in names}
+    if not (cfg.distill or cfg.scale_consistency):
+        unused |= SOFT_TARGET_FIELDS
     if not (cfg.distill or (cfg.scale_consistency and cfg.scale_target == "teacher")):
-        fields.append("target_sharpen")
+        unused.add("target_sharpen")
     if cfg.distill_reg_weight == 0:
-        fields.append("distill_reg_threshold")
-    return fields
+        unused.add("distill_reg_threshold")
+    if not cfg.distill:
+        unused.add("hard_pseudo_labels")
+    no_hard_labels = cfg.distill and not cfg.hard_pseudo_labels
+    student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
+    if no_hard_labels or student_rois_only:
+        unused.add("hard_label_rois")  # no box-head outputs on the teacher's proposals to reuse
+    if no_hard_labels or (cfg.hard_label_rois == "teacher" and not student_rois_only):
+        unused.add("hard_label_roi_fraction")  # none sampled from the student's proposals
+    if not cfg.reweight and cfg.distill_norm != "split":
+        unused.add("distill_norm")
+    return unused
 
 
 def unused_settings(cfg):
-    """['--flag'] of each setting given another value than its default that this run does not use: every
-    SED setting under --method supervised, and under SED `unused_sed_fields`.
-    Call before resolve_batch, which fills in the batches. A flag set to its default is not seen."""
-    fields = sorted(SED_FIELDS) if cfg.method != "sed" else unused_sed_fields(cfg)
+    """['--flag'] of each setting given another value than its default that this run does not use
+    (`unused_fields`), except a switch turned off: the teacher-student's --no-reweight turns off what its
+    other switches leave unused, and saying so is no news. Call before resolve_batch, which fills in the
+    batches. A flag set to its default is not seen."""
     default, now = as_json(TrainConfig()), as_json(cfg)
-    return [flag(f) for f in fields if now[f] != default[f]]
+    return [flag(f) for f in sorted(unused_fields(cfg)) if now[f] != default[f] and now[f] is not False]
 
 
 def changed_settings(saved, cfg):

@@ -225,48 +225,15 @@ def curve(evaluations, diagnostics):
 
 RUN_FIELDS = {"train_ann", "train_images", "val_ann", "val_images", "out", "resume", "device"}
 DEFAULTS = sed.config.as_json(sed.config.TrainConfig())  # as settings() reads them
-SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
-                      "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
-                      "distill_reg_threshold"}
-
-
-def inert_fields(cfg):
-    """The fields a run's switches leave unused (sed/losses.py, sed/teacher.py): every SED field of a
-    supervised run; the soft targets' fields without distillation and scale term (hard labels only);
-    --hard-pseudo-labels without distillation (the hard labels are on either way); --hard-label-rois without
-    hard labels or without the student's box-head outputs on the teacher's proposals; --hard-label-roi-fraction
-    without hard labels or with them on the teacher's proposals;
-    --scale-target without the scale term; the re-weighting's shape without re-weighting, and then also
-    --distill-norm count or weight (every weight is 1, and the two are the same mean, bit for bit)."""
-    inert = set()
-    if cfg.method == "supervised":
-        inert |= sed.config.SED_FIELDS
-    if not (cfg.distill or cfg.scale_consistency):
-        inert |= SOFT_TARGET_FIELDS
-    if not cfg.distill:
-        inert.add("hard_pseudo_labels")  # hard labels replace the distillation either way (sed/losses.py)
-    no_hard_labels = cfg.distill and not cfg.hard_pseudo_labels
-    student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
-    if no_hard_labels or student_rois_only:
-        inert.add("hard_label_rois")  # no box-head outputs on the teacher's proposals to reuse
-    if no_hard_labels or (cfg.hard_label_rois == "teacher" and not student_rois_only):
-        inert.add("hard_label_roi_fraction")  # none sampled from the student's proposals
-    if not cfg.scale_consistency:
-        inert |= {"scale_target", "scale_roi"}
-    if not cfg.reweight:
-        inert |= {"reweight_anchors", "weight_gamma", "weight_floor"}
-        if cfg.distill_norm != "split":
-            inert.add("distill_norm")
-    return inert
 
 
 def settings(cmd):
     """The TrainConfig a train.py command resolves to, defaults included, without its paths, device and
-    inert fields: what a saved run must share with the run it stands for (image size, split, seed,
+    the fields its switches leave unused (sed.config.unused_fields): what a saved run must share with the run it stands for (image size, split, seed,
     schedule, SED flags...). Defaults count: a run from before a default it uses changed is another run;
     a default it does not use (the re-weighting's for a supervised run) does not make it one."""
     cfg = sed.config.parse_args(cmd[1:], check_files=False)
-    return {k: v for k, v in sed.config.as_json(cfg).items() if k not in RUN_FIELDS | inert_fields(cfg)}
+    return {k: v for k, v in sed.config.as_json(cfg).items() if k not in RUN_FIELDS | sed.config.unused_fields(cfg)}
 
 
 def saved_run_matches(path, cmd):

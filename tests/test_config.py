@@ -182,10 +182,18 @@ def test_changed_settings_name_what_a_resume_changes():
      ["--scale-target", "--weight-floor"]),
     (["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--pseudo-threshold", "0.5"], ["--pseudo-threshold"]),
     (["--method", "sed", "--target-sharpen", "0.5", "--distill-reg-threshold", "0"],   # since stop 32
-     ["--target-sharpen", "--distill-reg-threshold"]),
+     ["--distill-reg-threshold", "--target-sharpen"]),
     (["--method", "sed", "--scale-target", "teacher", "--target-sharpen", "0.5", "--distill-reg-weight", "1",
       "--distill-reg-threshold", "0"], []),
     (["--method", "sed", "--distill", "--target-sharpen", "0.5"], []),
+    (["--method", "sed", "--no-reweight", "--distill-norm", "weight"], ["--distill-norm"]),  # since stop 35
+    (["--method", "sed", "--no-reweight", "--distill-norm", "split"], []),
+    (["--method", "sed", "--no-distill", "--no-scale-consistency", "--no-reweight", "--no-scale-roi"], []),
+    (["--method", "sed", "--hard-label-rois", "teacher", "--hard-label-roi-fraction", "0.5"],
+     ["--hard-label-roi-fraction"]),
+    (["--method", "sed", "--no-distill", "--no-scale-consistency", "--hard-label-rois", "teacher",
+      "--distill-temperature", "2", "--teacher-proposals", "64"],
+     ["--distill-temperature", "--hard-label-rois", "--teacher-proposals"]),
 ])
 def test_unused_settings_are_named(argv, unused):
     """A setting given for a method or component the run does not use (silently ignored until stop 30)."""
