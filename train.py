@@ -414,7 +414,10 @@ def train(cfg):
                                     world_size=dist_info.world_size, start_iter=iteration)
         pin = device.startswith("cuda")
         batches = loaders.enter_context(worker_batches(make_loader(labeled, sampler, cfg.workers, pin)))
-        if teacher is not None:  # the unlabeled stream starts after the burn-in (it is unused before)
+        # the unlabeled stream starts after the burn-in (it is unused before); --unsup-weight 0 (the EMA teacher
+        # of supervised training, sed.experiment's supervised_ema) never reads an unlabeled image
+        reads_unlabeled = teacher is not None and cfg.unsup_weight > 0
+        if reads_unlabeled:
             unlabeled_sampler = TrainBatchSampler(
                 unlabeled.aspect_ratios(), cfg.unlabeled_batch_size, cfg.seed + 1,
                 rank=dist_info.rank, world_size=dist_info.world_size,
@@ -434,7 +437,7 @@ def train(cfg):
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
 
             unlabeled_images = None
-            if teacher is not None and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
+            if reads_unlabeled and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
                 unlabeled_images = [im.to(device, non_blocking=True) for im in next(unlabeled_batches)[0]]
             data_time = time.perf_counter() - t0
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from sed.checkpoint import load_checkpoint
-from sed.data import CocoDetection
+from sed.data import CocoDetection, make_loader
 from sed.splits import detectron2_image_ids
 from sed.synthetic import generate
 
@@ -239,6 +239,17 @@ def test_sed_ablations_run_and_evaluate_teacher_and_student(data, tmp_path, swit
     assert "pl_recall@0.7" in log[-1] or "pl_num_objects" in log[-1]  # diagnostics after the evaluation
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [m["model"] for m in metrics] == ["teacher", "student"]
+
+
+@pytest.mark.parametrize("unsup_weight, loaders", [("0", 1), ("1", 2)])
+def test_unsup_weight_0_reads_no_unlabeled_image(data, tmp_path, monkeypatch, unsup_weight, loaders):
+    """--unsup-weight 0 (the EMA teacher of supervised training) builds no unlabeled loader (until stop 35
+    its workers decoded 2 unlabeled images per iteration for nothing); the teacher is still trained."""
+    made = []
+    monkeypatch.setattr(train, "make_loader", lambda dataset, *a: made.append(dataset) or make_loader(dataset, *a))
+    train.main(argv(data, tmp_path, 2, *SED_FLAGS, "--unsup-weight", unsup_weight))
+    assert len(made) == loaders
+    assert "teacher" in load_checkpoint(tmp_path / "last.pt")
 
 
 def test_a_batch_larger_than_the_labeled_images_warns_in_one_line(data, tmp_path, capsys):
