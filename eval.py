@@ -90,6 +90,9 @@ def parse_args(argv=None):
     p.add_argument("--debug", action="store_true", help="show the Python traceback of a user error "
                                                         "(also SED_DEBUG=1)")
     args = p.parse_args(argv)
+    if os.path.isdir(args.ckpt):   # as train.py --resume says of a run folder
+        p.error(f"--ckpt: {args.ckpt} is a folder; --ckpt {os.path.join(args.ckpt, 'last.pt')} evaluates the run "
+                "it holds")
     if not os.path.isfile(args.ckpt):
         p.error(f"--ckpt: file not found: {args.ckpt}")
     if args.val_ann:

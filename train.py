@@ -66,7 +66,7 @@ from sed.config import (WEIGHT_FIELDS, TrainConfig, changed_settings, describe_b
 from sed.data import (CocoDetection, ConcatDetection, ImageFolderDetection, TrainBatchSampler,
                       check_image_files, make_loader, verify_images, warn_shared_images, worker_batches)
 from sed.diagnostics import collapse_warning, diagnose, format_summary
-from sed.errors import UserError, user_errors
+from sed.errors import UserError, one_line, user_errors
 from sed.evaluation import METRIC_NAMES, autocast, evaluate, warn_slow_precision
 from sed.losses import SEDObjective, unsup_weight_at
 from sed.plot import read_jsonl
@@ -287,7 +287,8 @@ def train(cfg):
 
     # ---- model and optimiser (same seed on every rank -> same init; DDP broadcasts anyway) ----
     torch.manual_seed(cfg.seed)
-    weights = None if cfg.backbone_weights == "none" else cfg.backbone_weights
+    # --resume replaces every weight: no ImageNet download (an offline node resumes as well)
+    weights = None if cfg.backbone_weights == "none" or cfg.resume else cfg.backbone_weights
     model = sed.build_model(backbone_weights=weights, **model_options(cfg)).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -305,6 +306,9 @@ def train(cfg):
         if other_model:   # named, where load_weights could only say which weights do not fit
             raise UserError(f"--resume: {cfg.resume} holds another model ({', '.join(other_model)}): resume "
                             "with the settings and annotations it was trained with (its config.json)")
+        if ckpt.get("class_names", labeled.class_names) != labeled.class_names:  # label i would change meaning
+            raise UserError(f"--resume: {cfg.resume} was trained on the classes {ckpt['class_names']}, the "
+                            f"annotations have {labeled.class_names}: resume with the annotations it was trained with")
         load_weights(model, ckpt["model"], cfg.resume)
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:   # empty when the run did not use float16: --dtype float16 starts a new scale
@@ -395,7 +399,7 @@ def train(cfg):
                 tqdm.write(f"iteration {it}: {warning}")
 
     # SED: a fixed, evenly spaced sample of the unlabeled images that have ground truth (their labels
-    # measure, never train); the images of --unlabeled-images have none and are skipped
+    # measure, never train); the images of a folder or of a file without a box have none and are skipped
     diagnostics_sample, first_diagnostics = [], {}  # the first measurement: the reference of collapse_warning
     if teacher is not None and cfg.diagnostics_images > 0:
         with_truth = unlabeled.ground_truth_indices()
@@ -403,7 +407,7 @@ def train(cfg):
         diagnostics_sample = with_truth[::step][: cfg.diagnostics_images]
         if master and len(with_truth) < len(unlabeled):
             print(f"pseudo-label diagnostics: {len(unlabeled) - len(with_truth)} unlabeled images have no "
-                  f"ground truth (--unlabeled-images) and are skipped; measured on {len(diagnostics_sample)}"
+                  f"ground truth (a folder, or a file without a box) and are skipped; measured on {len(diagnostics_sample)}"
                   + ("" if with_truth else " (off: no unlabeled image has annotations)"))
 
     stop = False  # a signal asked to stop (stop_requests): save, then exit
@@ -432,13 +436,20 @@ def train(cfg):
         bar = tqdm(total=cfg.max_iter, initial=iteration, disable=not master, dynamic_ncols=True)
         t0 = time.perf_counter()
         for it in range(iteration, cfg.max_iter):
-            images, targets = next(batches)
+            try:
+                (images, targets), unlabeled_batch = next(batches), None
+                if reads_unlabeled and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
+                    unlabeled_batch = next(unlabeled_batches)[0]
+            except UserError as e:  # an unreadable image: the iterations since the last checkpoint are kept
+                if dist_info.distributed or it == iteration:  # save() would wait for the other ranks forever
+                    raise
+                save(it)
+                raise UserError(f"{one_line(e)}; saved {os.path.join(cfg.out, 'last.pt')} at iteration {it}: "
+                                "repair or replace the image, then --resume it") from None
             images = [im.to(device, non_blocking=True) for im in images]
             targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
-
-            unlabeled_images = None
-            if reads_unlabeled and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
-                unlabeled_images = [im.to(device, non_blocking=True) for im in next(unlabeled_batches)[0]]
+            unlabeled_images = None if unlabeled_batch is None else [
+                im.to(device, non_blocking=True) for im in unlabeled_batch]
             data_time = time.perf_counter() - t0
 
             lr = learning_rate(it, cfg)
@@ -450,12 +461,14 @@ def train(cfg):
                 losses = supervised_step(objective, images, targets, cfg)
             finite, stop = agreed_flags(losses["total"], bool(received), dist_info)
             if not finite:
-                if not torch.isfinite(losses["total"]):
-                    print(f"rank {dist_info.rank}: non-finite loss at iteration {it}: "
-                          + json.dumps({k: v.item() for k, v in losses.items()}), file=sys.stderr)
+                if not torch.isfinite(losses["total"]):   # a line of its own under the progress bar
+                    tqdm.write(f"{f'rank {dist_info.rank}: ' if dist_info.distributed else ''}non-finite loss at "
+                               f"iteration {it}: " + json.dumps({k: v.item() for k, v in losses.items()}),
+                               file=sys.stderr)
                 kept = "last good checkpoint kept" if os.path.exists(os.path.join(cfg.out, "last.pt")) else \
                     "no checkpoint written yet"
-                raise SystemExit(f"stopped: non-finite loss at iteration {it}; {kept}")
+                raise SystemExit(f"stopped: non-finite loss at iteration {it}; {kept} (a lower --lr or a "
+                                 "--grad-clip may keep it finite)")
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()

@@ -306,7 +306,10 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.batch_size >= 0 and cfg.unlabeled_batch_size >= 0,
          "batch_size and unlabeled_batch_size must be >= 0 (0 = the method's default)"),
         (cfg.lr >= 0, f"lr must be >= 0 (0 = linear scaling rule), got {cfg.lr}"),
-        (len(cfg.min_size) > 0 and min(cfg.min_size) > 0, f"min_size must be positive, got {cfg.min_size}"),
+        (len(cfg.min_size) > 0 and min(cfg.min_size) > 0,
+         f"min_size must be positive, got {list(cfg.min_size)}"),
+        (0 <= cfg.seed < 2**32 and 0 <= cfg.split_seed < 2**32,  # numpy's and the samplers' seed range
+         f"seed and split_seed must be in [0, 2**32 - 1], got {cfg.seed} and {cfg.split_seed}"),
         (0 <= cfg.trainable_layers <= 5, f"trainable_layers must be in 0..5, got {cfg.trainable_layers}"),
         (0 <= cfg.ema_momentum <= 1, f"ema_momentum must be in [0, 1], got {cfg.ema_momentum}"),
         (cfg.unsup_weight >= 0, f"unsup_weight must be >= 0, got {cfg.unsup_weight}"),
@@ -360,6 +363,8 @@ def validate(cfg: TrainConfig, check_files=True):
                         "continues the run it holds")
     for name in ("train_ann", "val_ann", "split_file", "labeled_ann", "unlabeled_ann", "resume"):
         path = getattr(cfg, name)
+        if path and os.path.isdir(path):
+            raise UserError(f"{flag(name)}: {path} is a folder, not a file")
         if path and not os.path.isfile(path):
             raise UserError(f"{flag(name)}: file not found: {path}")
         if path and not os.access(path, os.R_OK):
@@ -373,6 +378,10 @@ def validate(cfg: TrainConfig, check_files=True):
     if not cfg.resume and os.path.exists(last):   # train.py would empty its logs and overwrite its checkpoint
         raise UserError(f"--out: {cfg.out} holds a run already ({last}): --resume {last} continues it; "
                         "another --out (or removing this one) starts anew")
+    if cfg.resume and os.path.exists(last) and not os.path.samefile(cfg.resume, last):  # would mix two runs
+        raise UserError(f"--out: {cfg.out} holds another run ({last}) than --resume {cfg.resume}: its checkpoint "
+                        f"and logs would be overwritten; --resume {last} continues it, another --out continues "
+                        f"{cfg.resume} in a folder of its own")
     if not (cfg.train_ann or cfg.labeled_ann):
         raise UserError("--train-ann: give --train-ann (or --labeled-ann) and --train-images")
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):

@@ -42,11 +42,12 @@ def _load_coco_json(ann_file):
     if not ann_file.is_file():
         raise UserError(f"{ann_file}: annotation file not found")
     try:
-        data = json.loads(ann_file.read_text(encoding="utf-8"))
+        data = json.loads(ann_file.read_text(encoding="utf-8-sig"))  # -sig: the BOM that Windows tools write
     except UnicodeDecodeError as e:
         raise UserError(f"{ann_file}: not UTF-8 text, as JSON must be (byte {e.start}); re-save it as UTF-8") from None
-    except json.JSONDecodeError:
-        raise UserError(f"{ann_file}: not a COCO annotation file (not valid JSON)") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{ann_file}: not a COCO annotation file (not valid JSON: {e.msg}, line {e.lineno} "
+                        f"column {e.colno})") from None
     if not isinstance(data, dict):
         raise UserError(f"{ann_file}: not a COCO annotation file (not a JSON object)")
     for key in ("images", "annotations", "categories"):
@@ -232,10 +233,18 @@ def too_large(error):
 def _eight_bit(im):
     """16-bit grayscale (PIL modes I;16*, and I, which older Pillows give 16-bit PNGs) scaled to 8 bits,
     0..65535 -> 0..255: PIL's convert("RGB") clips those values at 255, which turns a 16-bit image
-    white. Any other mode is returned as it is."""
+    white. 32-bit integer or floating-point pixels (a mode I image beyond 0..65535, mode F) have no
+    range to scale from, and convert("RGB") made them all white or all black: a ValueError naming them.
+    Any other mode is returned as it is."""
+    if im.mode == "F":
+        raise ValueError("floating-point pixels (PIL mode F): save it with 8 or 16 bits per channel")
     if not (im.mode == "I" or im.mode.startswith("I;16")):
         return im
-    return Image.fromarray((np.asarray(im, dtype=np.float64) / 257).round().clip(0, 255).astype(np.uint8))
+    pixels = np.asarray(im, dtype=np.float64)
+    if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
+        raise ValueError(f"32-bit pixels (PIL mode I, values {pixels.min():g}..{pixels.max():g}, beyond 16 bits): "
+                         "save it with 8 or 16 bits per channel")
+    return Image.fromarray((pixels / 257).round().clip(0, 255).astype(np.uint8))
 
 
 def load_rgb(path, what="image"):
@@ -250,7 +259,7 @@ def load_rgb(path, what="image"):
             transpose = TRANSPOSE.get(_orientation(im))
             rgb = _eight_bit(im).convert("RGB")
             pixels = np.asarray(rgb if transpose is None else rgb.transpose(transpose))  # [H, W, 3] uint8
-    except OSError as e:  # PIL.UnidentifiedImageError is an OSError
+    except (OSError, ValueError) as e:  # PIL.UnidentifiedImageError is an OSError; ValueError: _eight_bit
         raise UserError(f"{path}: cannot read the image ({what}): {e}") from None
     except Image.DecompressionBombError as e:
         raise UserError(f"{path}: {too_large(e)}") from None
@@ -389,7 +398,10 @@ class CocoDetection(Dataset):
         return [self.coco.imgs[i]["width"] / self.coco.imgs[i]["height"] for i in self.image_ids]
 
     def summary(self, title=None):
-        """Multi-line description: images, images without boxes, boxes per class, COCO sizes."""
+        """Multi-line description: images, images without boxes, boxes per class, COCO sizes; one line for
+        a file without a box (a list of unlabeled images, as COCO's unlabeled2017)."""
+        if self.num_boxes() == 0:
+            return f"{title or self.ann_file.name}: {len(self)} images without annotations (unlabeled only)"
         per_image = [self._targets[i] for i in self.image_ids]
         labels = np.concatenate([t[1] for t in per_image]) if per_image else np.zeros(0, int)
         areas = np.concatenate([t[2] for t in per_image]) if per_image else np.zeros(0)
@@ -418,8 +430,9 @@ class CocoDetection(Dataset):
                  (self.coco.imgs[i]["width"], self.coco.imgs[i]["height"])) for i in self.image_ids]
 
     def ground_truth_indices(self):
-        """Indices of the images with ground truth (all: an image without boxes has none to find)."""
-        return list(range(len(self)))
+        """Indices of the images with ground truth: all (an image without boxes has none to find), unless the
+        file has no box at all: then it lists unlabeled images (the pseudo-label diagnostics skip them)."""
+        return list(range(len(self))) if self.num_boxes() else []
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -558,9 +571,10 @@ def warn_shared_images(labeled, unlabeled):
     counts = Counter(os.path.abspath(path) for path, _ in unlabeled.files())     # no system call per file
     shared = sorted({os.path.abspath(path) for path, _ in labeled.files()} & set(counts))
     repeated = sorted(path for path, n in counts.items() if n > 1)
-    if shared or repeated:
-        warnings.warn(f"{len(shared)} labeled images are among the unlabeled ones too, and {len(repeated)} "
-                      f"unlabeled images are listed more than once (e.g. {_examples(shared or repeated, 1)})")
+    problems = [*([f"{len(shared)} labeled images are among the unlabeled ones too"] if shared else []),
+                *([f"{len(repeated)} unlabeled images are listed more than once"] if repeated else [])]
+    if problems:
+        warnings.warn(f"{' and '.join(problems)} (e.g. {_examples(shared or repeated, 1)})")
 
 
 def check_image_files(*datasets, hint=""):
@@ -584,8 +598,11 @@ def _verify_one(entry):
         with Image.open(path) as im:
             size, orientation = _displayed_size(im), _orientation(im)
             im.load()
+            _eight_bit(im)
     except OSError as e:  # truncated, corrupt, not an image, unreadable
         return f"cannot decode ({e})"
+    except ValueError as e:  # pixels load_rgb cannot scale to 8 bits
+        return str(e)
     except Image.DecompressionBombError as e:
         return too_large(e)
     if expected is not None and tuple(size) != tuple(expected):
@@ -606,7 +623,7 @@ def verify_images(datasets, workers=4, progress=True):
     if problems:
         root = os.path.commonpath([os.path.dirname(path) for path, _ in problems])
         named = [f"{os.path.relpath(path, root)}: {r}" for path, r in problems]
-        raise UserError(f"{root}: {len(problems)} of {len(entries)} images are unusable (--verify-images): "
+        raise UserError(f"{len(problems)} of the {len(entries)} images are unusable (--verify-images), in {root}: "
                         f"{_examples(named)}")
     return len(entries)
 

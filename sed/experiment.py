@@ -337,6 +337,7 @@ def train_all(args, results):
 
     def train(row, seed):
         cmd = row_command(args, data, row, seed, out)
+        shutil.rmtree(out / f"seed{seed}" / row, ignore_errors=True)   # an aborted run of the row starts anew
         start = time.time()
         run(cmd, out / f"seed{seed}" / f"{row}.log")
         record = run_record(out / f"seed{seed}" / row, row, seed, cmd, (time.time() - start) / 60)

@@ -60,14 +60,17 @@ def read_split_file(path, percent, seed, image_ids):
     if not path.is_file():
         raise UserError(f"{path}: split file not found")
     try:
-        table = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise UserError(f"{path}: split file is not valid JSON") from None
+        table = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: the BOM that Windows tools write
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: split file is not valid JSON ({e.msg}, line {e.lineno} column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: split file is not valid JSON (not UTF-8 text)") from None
     if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
         raise UserError(f"{path}: split file must be JSON {{\"<percent>\": {{\"<seed>\": [indices]}}}}")
     percent_key = _find_key(table, percent, float)
     if percent_key is None:
-        raise UserError(f"{path}: no percent {percent} in split file, available: {list(table)}")
+        raise UserError(f"{path}: no percent {float(percent):g} in split file (--labeled-percent, default 100), "
+                        f"available: {list(table)}")
     seed_key = _find_key(table[percent_key], seed, int)
     if seed_key is None:
         raise UserError(f"{path}: no seed {seed} for percent {percent} in split file, "

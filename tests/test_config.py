@@ -58,6 +58,9 @@ def test_unknown_flag_and_bad_choice_exit():
      "--anchor-sizes must double from level to level for the scale link (small P2-P5 against full P3-P6, "
      "SED_NOTES section 2), got (32, 48, 96, 192, 384); or --no-scale-consistency"),
     (["--teacher-proposals", "0"], "--teacher-proposals must be >= 1, got 0"),
+    (["--seed", "-1"], "--seed and --split-seed must be in [0, 2**32 - 1], got -1 and 1"),  # until stop 35 a traceback
+    (["--split-seed", str(2**32)], "--seed and --split-seed must be in [0, 2**32 - 1], got 0 and 4294967296"),
+    (["--min-size", "0"], "--min-size must be positive, got [0]"),
     (["--unsup-weight", "-1"], "--unsup-weight must be >= 0, got -1.0"),
     (["--pseudo-threshold", "1.5"], "--pseudo-threshold must be in [0, 1) (a score; at 1 no detection is a "
      "pseudo-label), got 1.5"),
@@ -128,6 +131,8 @@ def test_missing_files_are_named(tmp_path, capsys):
                           (["--train-ann", str(ann), "--unlabeled-images", str(tmp_path / "photos")],
                            "--unlabeled-images: directory not found"),
                           ([], "give --train-ann"),
+                          # until stop 35 "file not found":
+                          (["--train-ann", str(tmp_path)], f"--train-ann: {tmp_path} is a folder, not a file"),
                           # until stop 31 "file not found":
                           (["--train-ann", str(ann), "--resume", str(tmp_path)],
                            f"--resume: {tmp_path} is a folder; --resume {tmp_path / 'last.pt'} continues the run "

@@ -52,9 +52,27 @@ def test_missing_annotation_file(tmp_path):
         CocoDetection(tmp_path / "nope.json", tmp_path)
 
 
+def test_a_file_without_a_box_lists_unlabeled_images(tmp_path):
+    """--unlabeled-ann with an empty annotation list (COCO's unlabeled2017 format): until stop 35 its summary
+    called every class "not learnable" and the pseudo-label diagnostics measured recall on 0 objects."""
+    ann_file, image_dir = _write(tmp_path, [_img(1), _img(2)], [])
+    ds = CocoDetection(ann_file, image_dir)
+    assert ds.ground_truth_indices() == [] and ds.summary() == "ann.json: 2 images without annotations (unlabeled only)"
+    ann_file, image_dir = _write(tmp_path, [_img(1), _img(2)], [_ann(1, 1, 5, [0, 0, 5, 5])])
+    assert CocoDetection(ann_file, image_dir).ground_truth_indices() == [0, 1]   # image 2: no object to find
+
+
+def test_a_byte_order_mark_is_read(tmp_path):
+    """JSON written by Windows tools starts with a UTF-8 BOM; until stop 35 such a file was "not valid JSON"."""
+    ann_file, image_dir = _write(tmp_path, [_img(1)], [_ann(1, 1, 5, [0, 0, 5, 5])])
+    ann_file.write_bytes(b"\xef\xbb\xbf" + ann_file.read_bytes())
+    assert len(CocoDetection(ann_file, image_dir)) == 1
+
+
 def test_not_coco(tmp_path):
-    (tmp_path / "a.json").write_text("{not json")
-    with pytest.raises(ValueError, match=r"a.json: not a COCO annotation file \(not valid JSON\)"):
+    (tmp_path / "a.json").write_text('{"images": [],\n "annotations": [}')
+    with pytest.raises(ValueError, match=r"a.json: not a COCO annotation file \(not valid JSON: Expecting value, "
+                       r"line 2 column 18\)$"):   # where, since stop 35
         CocoDetection(tmp_path / "a.json", tmp_path)
     (tmp_path / "b.json").write_text(json.dumps({"annotations": [], "categories": []}))
     with pytest.raises(ValueError, match=r"b.json: not a COCO annotation file \(missing 'images'\)"):
@@ -165,7 +183,7 @@ def test_verify_images_tells_train_from_val(tmp_path):
     with pytest.raises(UserError) as info:
         verify_images(sets, workers=1, progress=False)
     message = str(info.value)
-    assert message.startswith(f"{tmp_path}: 2 of 4 images are unusable (--verify-images): "
+    assert message.startswith(f"2 of the 4 images are unusable (--verify-images), in {tmp_path}: "
                               "train/000000.png: cannot decode (")
     assert ", val/000000.png: cannot decode (" in message and "\n" not in message
 
@@ -302,6 +320,25 @@ def test_16_bit_grayscale_is_scaled_to_8_bits(tmp_path):
         assert im.mode.startswith("I")   # I;16 (or I in older Pillows): the case this test is about
     image, _ = CocoDetection(ann_file, image_dir)[0]
     assert image[:, 0, 0].tolist() == [0, 0, 0] and image[:, 0, 1].tolist() == pytest.approx([200 / 255] * 3)
+
+
+@pytest.mark.parametrize("pixels, reason", [
+    (np.array([[0.27, 0.68]], dtype=np.float32), r"floating-point pixels \(PIL mode F\)"),
+    (np.array([[0, 10_000_000]], dtype=np.int32), r"32-bit pixels \(PIL mode I, values 0..1e\+07, beyond 16 bits\)")])
+def test_32_bit_and_float_pixels_are_one_line(tmp_path, pixels, reason):
+    """TIFFs of float or 32-bit integer pixels have no range to scale from; until stop 35 convert("RGB") made
+    them all black or all white, silently, for training and --verify-images alike."""
+    ann_file, image_dir = _write(tmp_path, [_img(1, 2, 1)], [])
+    (image_dir / "1.png").unlink()
+    Image.fromarray(pixels).save(image_dir / "1.tif")
+    coco = json.loads(ann_file.read_text())
+    coco["images"][0]["file_name"] = "1.tif"
+    ann_file.write_text(json.dumps(coco))
+    ds = CocoDetection(ann_file, image_dir)
+    for check in (lambda: ds[0], lambda: verify_images([ds], workers=0, progress=False)):
+        with pytest.raises(UserError, match=r"1.tif: (cannot read the image \(.*\): )?" + reason
+                           + ": save it with 8 or 16 bits per channel"):
+            check()
 
 
 def test_empty_crowd_clip_degenerate(tmp_path):

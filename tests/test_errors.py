@@ -190,7 +190,7 @@ def test_exact_lines(data, ckpt, results):
         f"error: {tmp / 'missing_image.json'}: 1 of its 9 image files are not in {data['train_images']}: "
         "not_there.png\n")
     assert res["train: image size disagrees with the JSON"][0].stderr.splitlines()[-1].startswith(
-        f"error: {data['train_images']}: 8 of 8 images are unusable (--verify-images): 000000.png: is 64x")
+        f"error: 8 of the 8 images are unusable (--verify-images), in {data['train_images']}: 000000.png: is 64x")
     assert res["train: bad flag value"][0].stderr == "error: argument --max-iter: invalid int value: 'ten'\n"
     assert res["train: bad flag value"][0].returncode == 2
     assert res["eval: checkpoint that would run code"][0].stderr.startswith(

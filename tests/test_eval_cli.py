@@ -160,6 +160,14 @@ def test_bad_arguments(setup, tmp_path, capsys, args, message):
     assert message.format(**paths) in capsys.readouterr().err
 
 
+def test_a_run_folder_as_ckpt_names_its_last_pt(setup, capsys):
+    """train.py --resume says the same of a folder (until stop 35 eval.py said "file not found")."""
+    data, ckpt = setup
+    with pytest.raises(SystemExit):
+        run(ckpt.parent, "--images", str(data["val_images"]))
+    assert f"--ckpt: {ckpt.parent} is a folder; --ckpt {ckpt} evaluates the run it holds" in capsys.readouterr().err
+
+
 def test_detections_of_the_current_folder_go_beside_it(setup, monkeypatch):
     """--images . writes FOLDER_detections.json next to the folder, not a hidden ._detections.json in it."""
     data, ckpt = setup

@@ -34,8 +34,13 @@ def test_read_split_file(tmp_path, key):
     path.write_text(json.dumps({key: {"0": [4, 0], "1": [2]}, "5.0": {"1": [1]}}))
     assert read_split_file(path, 10, 0, IDS) == ([9, 30], [i for i in IDS if i not in (9, 30)])
     assert read_split_file(path, 10.0, "1", IDS)[0] == [17]
-    with pytest.raises(ValueError, match=r"no percent 2 in split file, available: \['" + key):
+    with pytest.raises(ValueError, match=r"no percent 2 in split file \(--labeled-percent, default 100\), "
+                                         r"available: \['" + key):
         read_split_file(path, 2, 0, IDS)
+    path.with_suffix(".json").write_text('{"10": {"0": [4, 0]')
+    with pytest.raises(ValueError, match=r"split file is not valid JSON \(Expecting ',' delimiter, line 1 "
+                                         r"column 20\)$"):   # where, since stop 35
+        read_split_file(path.with_suffix(".json"), 10, 0, IDS)
     with pytest.raises(ValueError, match=r"no seed 7 for percent 5 in split file, available: \['1'\]"):
         read_split_file(path, 5, 7, IDS)
     with pytest.raises(ValueError, match=r"indices must be distinct ints in \[0, 3\)"):

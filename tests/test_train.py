@@ -3,6 +3,7 @@ import importlib.util
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import sed
 from sed.checkpoint import load_checkpoint
 from sed.data import CocoDetection, make_loader
 from sed.splits import detectron2_image_ids
@@ -82,6 +84,60 @@ def test_resume_is_exact(data, tmp_path):
     assert config["num_classes"] == 5 and full["label_to_cat_id"] == {1: 1, 2: 3, 3: 7, 4: 8, 5: 12}
 
 
+def test_an_unreadable_image_mid_run_saves_the_iterations_before_it(data, tmp_path, monkeypatch, capsys):
+    """An image that cannot be read at iteration 1 (of a run that checkpoints every 2): last.pt at 1 and one
+    line saying so, and the run resumed once the image is repaired ends as one that never met it (until
+    stop 35 the iterations since the last checkpoint were lost)."""
+    train.main(argv(data, tmp_path / "full", 3))
+    load_rgb, calls = sed.data.load_rgb, []
+
+    def unreadable_third(path, what="image"):   # batch size 2: the first image of iteration 1
+        calls.append(path)
+        if len(calls) == 3:
+            raise sed.data.UserError(f"{path}: cannot read the image ({what}): image file is truncated")
+        return load_rgb(path, what)
+    monkeypatch.setattr(sed.data, "load_rgb", unreadable_third)
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, tmp_path / "run", 3))
+    last = tmp_path / "run" / "last.pt"
+    assert stop.value.code == 1 and capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {calls[2]}: cannot read the image (image id {int(Path(calls[2]).stem) + 1}): image file is "
+        f"truncated; saved {last} at iteration 1: repair or replace the image, then --resume it")   # ids from 1
+    monkeypatch.setattr(sed.data, "load_rgb", load_rgb)
+    train.main(argv(data, tmp_path / "run", 3, "--resume", str(last)))
+    full, resumed = (load_checkpoint(tmp_path / d / "last.pt") for d in ("full", "run"))
+    assert all(torch.equal(tensor, resumed["model"][name]) for name, tensor in full["model"].items())
+
+
+def test_resume_asks_for_no_backbone_weights(data, tmp_path, monkeypatch):
+    """--resume replaces every weight, so the default --backbone-weights imagenet is not downloaded (until
+    stop 35 a resume on an offline node failed for want of the ImageNet file)."""
+    train.main(argv(data, tmp_path, 2))
+    asked, build = [], sed.build_model
+    monkeypatch.setattr(sed, "build_model", lambda backbone_weights, **options: asked.append(backbone_weights)
+                        or build(backbone_weights=None, **options))
+    train.main(argv(data, tmp_path, 3, "--backbone-weights", "imagenet", "--resume", str(tmp_path / "last.pt")))
+    assert asked == [None]
+
+
+def test_a_resume_on_other_classes_is_refused(data, tmp_path, capsys):
+    """Annotations whose class names changed (here two swapped) would give label i another meaning
+    mid-training: one line, as eval.py says for a validation set (silently remapped until stop 35)."""
+    train.main(argv(data, tmp_path / "run", 2))
+    coco = json.loads(Path(data["train_ann"]).read_text())
+    names = [c["name"] for c in coco["categories"]]
+    for category, name in zip(coco["categories"], [names[1], names[0], *names[2:]]):
+        category["name"] = name
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps(coco))
+    with pytest.raises(SystemExit) as stop:
+        train.main([*argv(data, tmp_path / "run", 3, "--resume", str(tmp_path / "run" / "last.pt")),
+                    "--train-ann", str(swapped)])
+    assert stop.value.code == 1 and capsys.readouterr().err.endswith(
+        f"error: --resume: {tmp_path / 'run' / 'last.pt'} was trained on the classes {names}, the annotations "
+        f"have {[names[1], names[0], *names[2:]]}: resume with the annotations it was trained with\n")
+
+
 def test_evaluation_draws_no_random_number_of_the_training(data, tmp_path):
     """3 iterations evaluated after each == 3 iterations without evaluation, bit for bit: the evaluation
     (its loader draws a seed from torch's generator) runs with the training's RNG state restored after it,
@@ -114,8 +170,10 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(data, tmp_path, monkeyp
     monkeypatch.setattr(train, "supervised_step", nan_at_step)
     with pytest.raises(SystemExit) as stop:
         train.main(argv(data, tmp_path, 6))
-    assert stop.value.code == f"stopped: non-finite loss at iteration {nan_at - 1}; {kept}"
-    assert '"loss_box_reg": NaN' in capsys.readouterr().err
+    assert stop.value.code == (f"stopped: non-finite loss at iteration {nan_at - 1}; {kept} (a lower --lr or a "
+                               "--grad-clip may keep it finite)")
+    err = capsys.readouterr().err
+    assert f'non-finite loss at iteration {nan_at - 1}: {{"loss_' in err and "rank 0" not in err   # one process
     if nan_at == 1:
         assert not (tmp_path / "last.pt").exists()
         return
@@ -309,7 +367,8 @@ def test_tensorboard_writes_events(data, tmp_path):
 
 def test_an_out_that_holds_a_run_is_refused_and_a_refused_resume_changes_nothing(data, tmp_path, capsys):
     """Rerunning the first command into its --out (after a crash) emptied the logs and overwrote last.pt;
-    a --resume refused for another model had already rewritten config.json (both until stop 30)."""
+    a --resume refused for another model had already rewritten config.json (both until stop 30); another
+    run's checkpoint resumed into it overwrote its checkpoint and mixed the logs (until stop 35)."""
     out = tmp_path / "run"
     train.main(argv(data, out, 2))
     before = {name: (out / name).read_bytes() for name in ("config.json", "log.jsonl", "last.pt")}
@@ -321,6 +380,12 @@ def test_an_out_that_holds_a_run_is_refused_and_a_refused_resume_changes_nothing
     assert stop.value.code == 1 and capsys.readouterr().err.endswith(
         f"error: --resume: {out / 'last.pt'} holds another model (--fpn-channels 256 -> 32): resume with the settings "
         "and annotations it was trained with (its config.json)\n")   # until stop 31 only "do not fit this model"
+    other = tmp_path / "other.pt"   # another run's checkpoint: resumed into this --out it overwrote last.pt (stop 35)
+    shutil.copy(out / "last.pt", other)
+    with pytest.raises(SystemExit) as stop:
+        train.main(argv(data, out, 4, "--resume", str(other)))
+    assert stop.value.code == 2 and f"--out: {out} holds another run ({out / 'last.pt'}) than --resume {other}" \
+        in capsys.readouterr().err
     assert {name: (out / name).read_bytes() for name in before} == before
 
 

@@ -64,10 +64,10 @@ def test_concatenation_with_an_annotated_pool(data, photos):
 
 def test_images_in_both_parts_warn(data, photos):
     coco = CocoDetection(data["train_ann"], data["train_images"])
-    with pytest.warns(UserWarning, match=r"^8 labeled images are among the unlabeled ones too, and 0 unlabeled"):
+    with pytest.warns(UserWarning, match=r"^8 labeled images are among the unlabeled ones too \(e.g. "):
         warn_shared_images(coco, ImageFolderDetection(data["train_images"]))   # --unlabeled-images: the same folder
     folder = ImageFolderDetection(photos)
-    with pytest.warns(UserWarning, match=r"^0 labeled images .*, and 5 unlabeled images are listed more than once"):
+    with pytest.warns(UserWarning, match=r"^5 unlabeled images are listed more than once \(e.g. "):
         warn_shared_images(coco, ConcatDetection([folder, folder]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -116,7 +116,7 @@ def test_sed_trains_and_evaluates_with_a_folder_of_photos(data, photos, tmp_path
     assert {"loss_hard_classifier", "loss_scale_roi_cls"} <= log[1].keys()
     assert all(torch.isfinite(torch.tensor(v)) for k, v in log[1].items() if k.startswith("loss"))
     if with_ann:
-        assert ("pseudo-label diagnostics: 5 unlabeled images have no ground truth (--unlabeled-images) "
+        assert ("pseudo-label diagnostics: 5 unlabeled images have no ground truth (a folder, or a file without a box) "
                 "and are skipped; measured on 8") in out
         assert log[-1]["pl_num_images"] == 8
     else:
