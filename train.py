@@ -406,8 +406,8 @@ def train(cfg):
         step = max(1, len(with_truth) // cfg.diagnostics_images)
         diagnostics_sample = with_truth[::step][: cfg.diagnostics_images]
         if master and len(with_truth) < len(unlabeled):
-            print(f"pseudo-label diagnostics: {len(unlabeled) - len(with_truth)} unlabeled images have no "
-                  f"ground truth (a folder, or a file without a box) and are skipped; measured on {len(diagnostics_sample)}"
+            print(f"pseudo-label diagnostics: {len(unlabeled) - len(with_truth)} unlabeled images have no ground "
+                  f"truth (a folder, or a file without a box) and are skipped; measured on {len(diagnostics_sample)}"
                   + ("" if with_truth else " (off: no unlabeled image has annotations)"))
 
     stop = False  # a signal asked to stop (stop_requests): save, then exit
@@ -441,7 +441,7 @@ def train(cfg):
                 if reads_unlabeled and it >= cfg.burn_in_iters:  # targets of unlabeled images are never used
                     unlabeled_batch = next(unlabeled_batches)[0]
             except UserError as e:  # an unreadable image: the iterations since the last checkpoint are kept
-                if dist_info.distributed or it == iteration:  # save() would wait for the other ranks forever
+                if dist_info.distributed or it == iteration:  # save() needs every rank; or nothing new to keep
                     raise
                 save(it)
                 raise UserError(f"{one_line(e)}; saved {os.path.join(cfg.out, 'last.pt')} at iteration {it}: "

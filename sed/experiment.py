@@ -229,9 +229,10 @@ DEFAULTS = sed.config.as_json(sed.config.TrainConfig())  # as settings() reads t
 
 def settings(cmd):
     """The TrainConfig a train.py command resolves to, defaults included, without its paths, device and
-    the fields its switches leave unused (sed.config.unused_fields): what a saved run must share with the run it stands for (image size, split, seed,
-    schedule, SED flags...). Defaults count: a run from before a default it uses changed is another run;
-    a default it does not use (the re-weighting's for a supervised run) does not make it one."""
+    the fields its switches leave unused (sed.config.unused_fields): what a saved run must share with the
+    run it stands for (image size, split, seed, schedule, SED flags...). Defaults count: a run from before
+    a default it uses changed is another run; a default it does not use (the re-weighting's for a
+    supervised run) does not make it one."""
     cfg = sed.config.parse_args(cmd[1:], check_files=False)
     return {k: v for k, v in sed.config.as_json(cfg).items() if k not in RUN_FIELDS | sed.config.unused_fields(cfg)}
 
