@@ -192,14 +192,18 @@ def run(args):
         # checkpoints without the mapping (not written by train.py): COCO category id = label
         label_to_cat_id = ckpt.get("label_to_cat_id") or {k: k for k in range(1, num_classes + 1)}
         data = ImageFolder(args.images, names, label_to_cat_id)
-        shard = predict(model, data, dist_info.device, args.dtype, args.batch_size, args.workers, dist_info)
-        results = [r for rank_results in distributed.all_gather_objects(shard) for r in rank_results]
+        skipped = []  # this rank's unreadable files
+        shard = predict(model, data, dist_info.device, args.dtype, args.batch_size, args.workers, dist_info, skipped)
+        gathered = distributed.all_gather_objects((shard, len(skipped)))
+        results = [r for rank_results, _ in gathered for r in rank_results]
+        unreadable = sum(n for _, n in gathered)
         if dist_info.is_main:
             results.sort(key=lambda r: r["image_id"])  # stable: each image keeps its score order
             for r in results:
                 r["file_name"] = data.relative_name(r["image_id"])
             write_json(results, args.dets)
-            print(f"{len(data)} images, {len(results)} detections -> {args.dets}")
+            print(f"{len(data) - unreadable} images, {len(results)} detections -> {args.dets}"
+                  + (f" ({unreadable} unreadable, skipped)" if unreadable else ""))
 
     if args.visualize and dist_info.is_main:
         # runs the model again on these few images: simpler than mapping COCO results back

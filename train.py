@@ -467,8 +467,9 @@ def train(cfg):
                                file=sys.stderr)
                 kept = "last good checkpoint kept" if os.path.exists(os.path.join(cfg.out, "last.pt")) else \
                     "no checkpoint written yet"
+                precision = "" if cfg.dtype == "float32" else f", or float32 instead of --dtype {cfg.dtype},"
                 raise SystemExit(f"stopped: non-finite loss at iteration {it}; {kept} (a lower --lr or a "
-                                 "--grad-clip may keep it finite)")
+                                 f"--grad-clip{precision} may keep it finite)")
 
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(losses["total"]).backward()

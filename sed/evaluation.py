@@ -41,8 +41,9 @@ def to_coco_results(detections, image_id, label_to_cat_id):
 
 
 @torch.no_grad()
-def predict(model, dataset, device, dtype="float32", batch_size=8, workers=2, dist_info=None):
-    """COCO results of this rank's shard of `dataset` (model in eval mode, input-image pixels)."""
+def predict(model, dataset, device, dtype="float32", batch_size=8, workers=2, dist_info=None, skipped=None):
+    """COCO results of this rank's shard of `dataset` (model in eval mode, input-image pixels); the
+    images that could not be read (eval.py --images) are warned of and, given a list, appended to `skipped`."""
     dist_info = dist_info or DistInfo(device=str(device))
     loader = make_eval_loader(dataset, batch_size=batch_size, workers=workers,
                               rank=dist_info.rank, world_size=dist_info.world_size)
@@ -55,6 +56,8 @@ def predict(model, dataset, device, dtype="float32", batch_size=8, workers=2, di
             for target in targets:
                 if "unreadable" in target:   # eval.py --images: a file that cannot be read is skipped
                     warnings.warn(f"{target['unreadable']}: skipped")
+                    if skipped is not None:
+                        skipped.append(target["unreadable"])
             present = [(im, t) for im, t in zip(images, targets) if im is not None]
             with autocast(device, dtype):
                 outputs = model([im.to(device, non_blocking=True) for im, _ in present]) if present else []

@@ -2,7 +2,8 @@
 
     python -m sed.gpu_check [--python PYTHON] [--wheel pycocotools-...whl ...] [--out build/gpu-check]
 
-Each part runs as a subprocess with a time limit (about 8 minutes in all on one GPU) and is
+Each part runs as a subprocess with a time limit (25 minutes at most in all; about 8 on one GPU by an
+estimate never measured) and is
 reported as pass / fail / skip with its seconds; the run ends with one summary table (also written
 to OUT/summary.md) and exits 1 if any part failed. Without CUDA the CUDA parts are skipped, not
 failed, and the CPU-capable parts run (torchrun with gloo, evaluation through pycocotools).

@@ -3,6 +3,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -183,13 +184,16 @@ def test_unreadable_images_in_a_folder_are_skipped_with_one_line_each(setup, fol
     good = sorted(folder.glob("0*.png"))[0]
     (folder / "street" / "truncated.png").write_bytes(good.read_bytes()[:200])
     run(ckpt, "--images", str(folder), "--dets", str(tmp_path / "dets.json"), "--visualize", str(tmp_path / "pics"))
-    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    out, err = capsys.readouterr()
+    warned = [line for line in err.splitlines() if line.startswith("warning: ")]
     assert warned == [f"warning: {folder / 'broken.png'}: cannot read the image (image): cannot identify image "
                       f"file '{folder / 'broken.png'}': skipped",
                       f"warning: {folder / 'street' / 'truncated.png'}: cannot read the image (image): image file "
                       "is truncated: skipped"]   # each on a line of its own, not after the progress bar's
     named = {d["file_name"] for d in json.loads((tmp_path / "dets.json").read_text())}
     assert good.name in named and not named & {"broken.png", "street/truncated.png"}
+    read = sum(map(sed.data.is_image_file, folder.rglob("*"))) - 2   # until stop 35 the count included the two
+    assert re.search(rf"^{read} images, \d+ detections -> .*dets.json \(2 unreadable, skipped\)$", out, re.M)
     pictures = {str(p.relative_to(tmp_path / "pics")) for p in (tmp_path / "pics").rglob("*.png")}
     assert f"{good.name}.png" in pictures and not pictures & {"broken.png.png", "street/truncated.png.png"}
 
