@@ -3,7 +3,7 @@
 One script for CPU, one GPU and many (nanoGPT style): `torchrun` sets RANK/WORLD_SIZE and the
 script switches to DistributedDataParallel by itself. Only rank 0 logs, evaluates COCO and saves.
 
-CPU smoke run on the synthetic shapes (`make demo` runs the same with its own sizes; a few
+CPU smoke run on the synthetic shapes (`make demo` runs SED on similar data with its own sizes; a few
 seconds per iteration on 2 cores, so expect AP near 0: it checks the pipeline, not accuracy):
     python -m sed.synthetic data/synthetic --num-train 200 --num-val 50 --seed 0 --image-size 128
     python train.py --train-ann data/synthetic/annotations/train.json --train-images data/synthetic/train \
@@ -37,7 +37,8 @@ Ctrl-C, or SIGTERM to the training process or to all of its processes (Slurm), s
 in progress and saves last.pt first. Continue an interrupted run exactly (weights, optimizer, scaler, RNG, data order):
     python train.py <same flags> --resume runs/sup10/last.pt
 A supervised checkpoint taken at iteration B also starts SED (`--method sed --resume`): the teacher
-begins as a copy of the student, exactly as after a burn-in of B iterations (sed.experiment does this).
+begins as a copy of the student, exactly as after a burn-in of B iterations with --burn-in-iters B
+(sed.experiment does this).
 
 Outputs in --out: config.json, log.jsonl (one line per --log-every iterations), metrics.jsonl
 (COCO AP etc. in percent after each evaluation), last.pt (atomic; kept when a loss is non-finite).

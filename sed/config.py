@@ -80,12 +80,14 @@ class TrainConfig:
                            default_factory=lambda: [60000, 80000])
     lr_gamma: float = _help("step decay factor", 0.1)
     grad_clip: float = _help("max gradient L2 norm; 0 = off", 0.0)
-    # --- SED (SED_NOTES.md; defaults are the notes' design choices) ---
+    # --- SED (SED_NOTES.md; several defaults deviate from the notes: README "SED in one step") ---
     unlabeled_batch_size: int = _help("sed: unlabeled images per iteration and process; 0 = 4x batch_size", 0)
-    ema_momentum: float = _help("teacher EMA momentum m: theta_t <- m theta_t + (1-m) theta_s", 0.999)
-    unsup_weight: float = _help("lambda_u in L = L_sup + lambda_u L_unsup", 4.0)
-    burn_in_iters: int = _help("supervised-only iterations before distillation starts", 2000)
-    rampup_iters: int = _help("linear ramp of lambda_u after burn-in; 0 = step", 0)
+    ema_momentum: float = _help("design choice: teacher EMA momentum m: theta_t <- m theta_t + (1-m) theta_s",
+                                0.999)
+    unsup_weight: float = _help("design choice: lambda_u in L = L_sup + lambda_u L_unsup", 4.0)
+    burn_in_iters: int = _help("design choice: supervised-only iterations before the unsupervised losses start",
+                               2000)
+    rampup_iters: int = _help("design choice: linear ramp of lambda_u after the burn-in; 0 = step", 0)
     distill: bool = _help("design choice, deviates from Figure 1 (its self-distillation arrow): soft "
                           "self-distillation teacher -> student on the full-size strong view (SED_NOTES "
                           "section 1); off by default: over seeds it cost AP against the hard labels alone (README "
@@ -96,9 +98,10 @@ class TrainConfig:
     scale_roi: bool = _help("design choice: the scale link's RoI-head part (the 0.5x view on the proposals / 2); "
                             "off = its RPN part only, which cost AP on every run of the CPU experiment, "
                             "mostly APs (README \"Experiment\")", True)
-    reweight: bool = _help("teacher-confidence re-weighting (SED_NOTES section 3) of the soft terms' RoIs (with "
-                           "--reweight-anchors their anchors too) and box deltas; with the defaults it acts on the "
-                           "scale link's RoI classes only", True)
+    reweight: bool = _help("teacher-confidence re-weighting (SED_NOTES section 3) of the soft terms' RoI classes "
+                           "(with --reweight-anchors their anchors too); box deltas are weighted by the teacher's "
+                           "foreground probability either way (--weight-gamma shapes them only with it); with the "
+                           "defaults it acts on the scale link's RoI classes only", True)
     reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
                                    "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",
                                    False)
@@ -117,9 +120,10 @@ class TrainConfig:
     hard_label_roi_fraction: float = _help("design choice: RoIs sampled per unlabeled image for the hard labels' "
                                            "box-head loss (--hard-label-rois student), as a fraction of "
                                            "--roi-batch-size; 1 = as many as for a labeled image", 1.0)
-    distill_temperature: float = _help("softmax temperature of the RoI class distillation", 1.0)
-    weight_gamma: float = _help("sharpening exponent of the re-weighting weights", 1.0)
-    weight_floor: float = _help("lower bound of the classification weights", 0.0)
+    distill_temperature: float = _help("design choice: softmax temperature of the RoI class terms (self-distillation "
+                                       "and the scale link)", 1.0)
+    weight_gamma: float = _help("design choice: sharpening exponent of the re-weighting weights", 1.0)
+    weight_floor: float = _help("design choice: lower bound of the classification weights", 0.0)
     distill_norm: str = _help("design choice: normalisation of the classification distillation: count "
                               "(sum w l / N over the anchors or RoIs) | weight (sum w l / sum w, SED_NOTES "
                               "section 3) | split (probable foreground, teacher p >= 0.5, and background "
@@ -129,8 +133,10 @@ class TrainConfig:
                                   "1 = its probabilities", 1.0)
     distill_reg_weight: float = _help("design choice: weight of the box-delta distillation terms (RPN and RoI, "
                                       "self-distillation and scale) against the classification terms; 0 (the "
-                                      "default, README \"Experiment\") leaves boxes to the supervised loss", 0.0)
-    distill_reg_threshold: float = _help("distil box deltas only where the teacher's foreground probability "
+                                      "default, README \"Experiment\") leaves boxes to the supervised and the "
+                                      "hard-label box losses", 0.0)
+    distill_reg_threshold: float = _help("design choice, deviates from SED_NOTES section 3 (no hard threshold): "
+                                         "distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
     teacher_proposals: int = _help("design choice: the teacher's top proposals per image (by objectness, after "
                                    "NMS) used as RoIs for distillation and the scale link; 256 = the experiment's 32 "
@@ -139,7 +145,6 @@ class TrainConfig:
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
     strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)
     strong_erase_prob: float = _help("probability of random erasing in the strong view", 0.7)
-    eval_model: str = _help("which model SED evaluates and eval.py prefers: teacher | student", "teacher")
     diagnostics_images: int = _help("SED: unlabeled images whose pseudo-labels are measured against their "
                                     "ground truth at each evaluation (measurement only); 0 = off", 64)
     # --- loop, logging, system ---
@@ -287,7 +292,6 @@ def validate(cfg: TrainConfig, check_files=True):
         (0 < cfg.labeled_percent <= 100, f"labeled_percent must be in (0, 100], got {cfg.labeled_percent}"),
         (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
-        (cfg.eval_model in ("teacher", "student"), f"eval_model must be teacher|student, got {cfg.eval_model!r}"),
         (cfg.distill_norm in DISTILL_NORMS, f"distill_norm must be one of {DISTILL_NORMS}, got {cfg.distill_norm!r}"),
         (cfg.distill_reg_weight >= 0, f"distill_reg_weight must be >= 0, got {cfg.distill_reg_weight}"),
         (cfg.target_sharpen > 0, f"target_sharpen must be > 0, got {cfg.target_sharpen}"),
@@ -428,7 +432,7 @@ def check_device(device):
 
 # Images per process (= per GPU) when --batch-size is 0. Supervised: torchvision's detection
 # references (2 images per GPU, 8 GPUs -> 16). SED: Soft Teacher's 1 labeled + 4 unlabeled per GPU
-# (SED_NOTES "Framework"); the unlabeled batch defaults to 4x the labeled one for any batch.
+# (its COCO configs); the unlabeled batch defaults to 4x the labeled one for any batch.
 # Both fit one GPU at 800x1333 (design choice: the per-GPU recipe, not the total batch, is the
 # default, so that `torchrun --nproc_per_node 8` gives the recipes' totals of 16 and 8 + 32).
 DEFAULT_BATCH = {"supervised": 2, "sed": 1}
@@ -478,8 +482,8 @@ def build_parser():
             kwargs = dict(nargs="+", type=type(default[0]) if default else int)
         else:
             kwargs = dict(type=f.type)
-        choices = {"method": METHODS, "dtype": DTYPES, "eval_model": ("teacher", "student"),
-                   "scale_target": SCALE_TARGETS, "hard_label_rois": HARD_LABEL_ROIS, "distill_norm": DISTILL_NORMS,
+        choices = {"method": METHODS, "dtype": DTYPES, "scale_target": SCALE_TARGETS,
+                   "hard_label_rois": HARD_LABEL_ROIS, "distill_norm": DISTILL_NORMS,
                    "backbone_norm": ("frozen_bn", "group"), "backbone": tuple(RESNETS)}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]

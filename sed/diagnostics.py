@@ -14,7 +14,8 @@ exactly that on unlabeled images whose ground truth we keep for measurement only
     pl_recall_small/medium/large   pl_recall@s by COCO object size (box area < 32^2,
                           32^2 <= area < 96^2, >= 96^2; COCO eval uses the mask area instead)
     pl_weight_on_objects  share of the RoI re-weighting mass (SED_NOTES section 3: the loss's
-                          classification weights, w_r = max((1 - p_background)^gamma, floor)) on
+                          classification weights, w_r = max((1 - p_background)^gamma, floor); 1
+                          under --no-reweight) on
                           teacher proposals with IoU >= 0.5 with an object, over the RoIs the loss
                           uses (each image's first --teacher-proposals; since stop 32: before, all
                           proposals, w_r = 1 - p_background)
@@ -149,7 +150,7 @@ class PseudoLabelStats:
 
 
 def format_summary(stats):
-    """One console line, e.g. `pseudo-labels: recall@0.5 0.812 recall@0.7 0.604 ... (64 images)`."""
+    """One console line, e.g. `pseudo-labels (64 images, 180 objects): recall@0.5 0.812 recall@0.7 0.604 ...`."""
     parts = [f"{k[3:]} {v:.3f}" for k, v in stats.items() if not k.startswith("pl_num")]
     return (f"pseudo-labels ({int(stats.get('pl_num_images', 0))} images, "
             f"{int(stats.get('pl_num_objects', 0))} objects): " + " ".join(parts))

@@ -42,16 +42,18 @@ def foreground_weights(p_fg, cfg, anchors=False):
 
     p_fg: [N] teacher foreground probability: objectness p_obj for RPN anchors (anchors=True),
     1 - p_background for RoIs. Returns (w_cls, w_reg), each [N]:
-      w_reg = p_fg ** cfg.weight_gamma              (sharpening, default gamma = 1)
-      w_cls = max(w_reg, cfg.weight_floor)          (the floor keeps pushing background down)
+      w = p_fg ** cfg.weight_gamma                  (sharpening, default gamma = 1)
+      w_cls = max(w, cfg.weight_floor)              (the floor keeps pushing background down)
+      w_reg = w, and 0 where p_fg < cfg.distill_reg_threshold (below)
     cfg.reweight False, or anchors without cfg.reweight_anchors: w_cls = 1 (plain mean over anchors /
     RoIs) and w_reg = p_fg. design choice: section 1 defines the box distillation as weighted by
     teacher confidence, so switching off the re-weighting of section 3 does not let the deltas of
     background anchors count. design choice (--reweight-anchors, off by default): the RPN's soft
     objectness is graded by overlap, and weighting anchors by it centres the loss on the half-covering
     anchors that the supervised RPN loss leaves out (IoU 0.3-0.7); README "Experiment".
-    In both cases w_reg = 0 where p_fg < cfg.distill_reg_threshold (design choice, SED_NOTES "Known
-    failure mode"): a weak teacher's deltas on what is probably background are noise, not boxes.
+    In both cases w_reg = 0 where p_fg < cfg.distill_reg_threshold (design choice, deviates from SED_NOTES
+    section 3, which has no hard threshold; README "Experiment"): a weak teacher's deltas on what is
+    probably background are noise, not boxes.
     """
     p_fg = p_fg.detach()
     confident = (p_fg >= cfg.distill_reg_threshold).to(p_fg.dtype)
@@ -209,7 +211,8 @@ def scale_targets(full, soft, cfg):
 def scale_consistency_loss(small, full, soft, cfg):
     """SED_NOTES section 2 (Figure 1 "Scale Equivalent"): the student on the 0.5x strong view against
     `scale_targets` (by default the student's own full-size outputs), weighted by the teacher's
-    foreground probabilities (section 3, one re-weighting for both terms).
+    foreground probabilities (section 3, one re-weighting for both terms: the RoIs; the anchors only
+    with --reweight-anchors).
 
     RPN: small-image level P(l-1) has the grid of full-size level P(l) and anchors of half the size
     at the same places, so, in the flattened (level, y, x, anchor) order, the small P2-P5 block lines

@@ -83,7 +83,7 @@ def predict_soft(teacher, weak_batch, cfg):
     class_logits, box_deltas = class_logits.float(), box_deltas.float()
     probs = class_logits.softmax(dim=1)
     labels = probs[:, 1:].argmax(dim=1) + 1
-    sharpen = cfg.target_sharpen  # design choice (SED_NOTES "Known failure mode"): < 1 sharpens the targets
+    sharpen = cfg.target_sharpen  # design choice, not in SED_NOTES (README "Experiment"): < 1 sharpens the targets
     return SoftTargets(
         rpn_prob=obj.sigmoid(), rpn_target_logits=obj / sharpen, rpn_deltas=deltas, level_sizes=level_sizes,
         proposals=proposals,

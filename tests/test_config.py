@@ -181,8 +181,8 @@ def test_changed_settings_name_what_a_resume_changes():
 @pytest.mark.parametrize("argv, unused", [
     ([], []),
     (["--method", "sed", "--scale-target", "mutual", "--weight-gamma", "2"], []),
-    (["--unlabeled-batch-size", "8", "--pseudo-threshold", "0.3", "--eval-model", "student"],
-     ["--eval-model", "--pseudo-threshold", "--unlabeled-batch-size"]),
+    (["--unlabeled-batch-size", "8", "--pseudo-threshold", "0.3", "--ema-momentum", "0.99"],
+     ["--ema-momentum", "--pseudo-threshold", "--unlabeled-batch-size"]),
     (["--method", "sed", "--no-scale-consistency", "--scale-target", "mutual", "--no-reweight", "--weight-floor", "0.1"],
      ["--scale-target", "--weight-floor"]),
     (["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--pseudo-threshold", "0.5"], ["--pseudo-threshold"]),
