@@ -87,6 +87,9 @@ class TrainConfig:
     unsup_weight: float = _help("design choice: lambda_u in L = L_sup + lambda_u L_unsup", 4.0)
     burn_in_iters: int = _help("design choice: supervised-only iterations before the unsupervised losses start",
                                2000)
+    burn_in_copy: bool = _help("design choice (Unbiased Teacher): the teacher copies the student at every "
+                               "burn-in iteration (EMA momentum 0), so it is the student when the unsupervised "
+                               "losses start; off: the EMA at --ema-momentum from iteration 0 (Mean Teacher)", True)
     rampup_iters: int = _help("design choice: linear ramp of lambda_u after the burn-in; 0 = step", 0)
     distill: bool = _help("design choice, deviates from Figure 1 (its self-distillation arrow): soft "
                           "self-distillation teacher -> student on the full-size strong view (SED_NOTES "
@@ -98,6 +101,9 @@ class TrainConfig:
     scale_roi: bool = _help("design choice: the scale link's RoI-head part (the 0.5x view on the proposals / 2); "
                             "off = its RPN part only, which cost AP on every run of the CPU experiment, "
                             "mostly APs (README \"Experiment\")", True)
+    small_view_antialias: bool = _help("design choice: the 0.5x view is downsampled bilinearly with antialiasing "
+                                       "(a low-pass filter first, as resizing the photo would); off: plain "
+                                       "bilinear, the mean of each 2x2 block", True)
     reweight: bool = _help("teacher-confidence re-weighting (SED_NOTES section 3) of the soft terms' RoI classes "
                            "(with --reweight-anchors their anchors too); box deltas are weighted by the teacher's "
                            "foreground probability either way (--weight-gamma shapes them only with it); with the "
@@ -105,6 +111,11 @@ class TrainConfig:
     reweight_anchors: bool = _help("design choice: the re-weighting covers the RPN anchors too; off (the default, "
                                    "README \"Experiment\"): anchors by their plain mean, only the RoIs re-weighted",
                                    False)
+    confidence_weighted_deltas: bool = _help("design choice (SED_NOTES section 1 weights the box distillation by "
+                                             "the teacher's confidence): the distilled box deltas keep that weight "
+                                             "where the re-weighting is off (--no-reweight, or anchors without "
+                                             "--reweight-anchors); off: their plain mean there, like the classes",
+                                             True)
     hard_pseudo_labels: bool = _help("design choice, deviates from Figure 1 (no hard-label term there): add the "
                                      "teacher's detections >= --pseudo-threshold as hard labels of the four Faster "
                                      "R-CNN losses on the strong view, so that the unlabeled images train box "
@@ -120,6 +131,10 @@ class TrainConfig:
     hard_label_roi_fraction: float = _help("design choice: RoIs sampled per unlabeled image for the hard labels' "
                                            "box-head loss (--hard-label-rois student), as a fraction of "
                                            "--roi-batch-size; 1 = as many as for a labeled image", 1.0)
+    hard_label_box_losses: bool = _help("design choice: the hard labels train box regression too (all four Faster "
+                                        "R-CNN losses); off: only the RPN objectness and the box head's classes, "
+                                        "as Unbiased Teacher (its box coordinates are the least reliable part of a "
+                                        "pseudo-label)", True)
     distill_temperature: float = _help("design choice: softmax temperature of the RoI class terms (self-distillation "
                                        "and the scale link)", 1.0)
     weight_gamma: float = _help("design choice: sharpening exponent of the re-weighting weights", 1.0)
@@ -138,6 +153,8 @@ class TrainConfig:
     distill_reg_threshold: float = _help("design choice, deviates from SED_NOTES section 3 (no hard threshold): "
                                          "distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
+    distill_smooth_l1_beta: float = _help("design choice: beta of the smooth L1 of the distilled box deltas "
+                                          "(torchvision's Faster R-CNN losses: 1/9)", 1 / 9)
     teacher_proposals: int = _help("design choice: the teacher's top proposals per image (by objectness, after "
                                    "NMS) used as RoIs for distillation and the scale link; 256 = the experiment's 32 "
                                    "per 128 px image at this image size (README \"Experiment\")", 256)
@@ -145,6 +162,12 @@ class TrainConfig:
     strong_grayscale_prob: float = _help("probability of grayscale in the strong view", 0.2)
     strong_blur_prob: float = _help("probability of Gaussian blur in the strong view", 0.5)
     strong_erase_prob: float = _help("probability of random erasing in the strong view", 0.7)
+    strong_blur_sigma: tuple = _help("design choice (SimCLR, Unbiased Teacher): range of the strong view's "
+                                     "Gaussian blur sigma, in pixels", default_factory=lambda: (0.1, 2.0))
+    strong_erase_scale: tuple = _help("design choice (Unbiased Teacher's first random erasing): range of the "
+                                      "erased area, as a fraction of the image", default_factory=lambda: (0.05, 0.2))
+    strong_erase_ratio: tuple = _help("design choice (the same): range of the erased box's aspect ratio h / w, drawn "
+                                      "uniformly in log space", default_factory=lambda: (0.3, 3.3))
     diagnostics_images: int = _help("SED: unlabeled images whose pseudo-labels are measured against their "
                                     "ground truth at each evaluation (measurement only); 0 = off", 64)
     # --- loop, logging, system ---
@@ -168,6 +191,8 @@ class TrainConfig:
         self.anchor_sizes = tuple(int(s) for s in self.anchor_sizes)
         self.rpn_proposals = tuple(int(s) for s in self.rpn_proposals)
         self.lr_steps = [int(s) for s in self.lr_steps]
+        for name in ("strong_blur_sigma", "strong_erase_scale", "strong_erase_ratio"):
+            setattr(self, name, tuple(float(s) for s in getattr(self, name)))
 
 
 # --help groups: title -> the first field of the group; a field belongs to the last group started
@@ -189,14 +214,16 @@ RUN_FIELDS = ("train_ann", "train_images", "seed", "min_size", "max_size", "dtyp
 
 # SED settings that act only through one component: with that switch off they change nothing (sed/losses.py:
 # the scale term; foreground_weights, which returns before gamma and floor without --reweight; the hard labels).
-ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi"),
+ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi", "small_view_antialias"),
              "reweight": ("reweight_anchors", "weight_gamma", "weight_floor"),
-             "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction")}
+             "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction",
+                                    "hard_label_box_losses")}
 # The settings of the teacher's soft targets, their RoIs and their weights: only the self-distillation and the
 # scale term read them (sed/losses.py); the hard labels alone do not.
 SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
                       "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
-                      "distill_reg_threshold", "teacher_proposals"}
+                      "distill_reg_threshold", "teacher_proposals", "confidence_weighted_deltas",
+                      "distill_smooth_l1_beta"}
 
 
 def unused_fields(cfg):
@@ -204,7 +231,10 @@ def unused_fields(cfg):
     - every SED setting of a supervised run;
     - those of a switched-off component (ONLY_WITH), and the soft targets' without distillation and scale term;
     - --target-sharpen when nothing learns from the teacher's soft targets (only the self-distillation and
-      --scale-target teacher do); --distill-reg-threshold when no box delta is distilled;
+      --scale-target teacher do); --distill-reg-threshold, --distill-smooth-l1-beta and
+      --confidence-weighted-deltas when no box delta is distilled, the last also when every weight is the
+      re-weighting's (--reweight --reweight-anchors);
+    - --burn-in-copy without a burn-in;
     - --hard-pseudo-labels without distillation (the hard labels are on either way);
     - --hard-label-rois without hard labels or without the student's box-head outputs on the teacher's
       proposals; --hard-label-roi-fraction without hard labels or with them on the teacher's proposals;
@@ -219,7 +249,11 @@ def unused_fields(cfg):
     if not (cfg.distill or (cfg.scale_consistency and cfg.scale_target == "teacher")):
         unused.add("target_sharpen")
     if cfg.distill_reg_weight == 0:
-        unused.add("distill_reg_threshold")
+        unused |= {"distill_reg_threshold", "distill_smooth_l1_beta", "confidence_weighted_deltas"}
+    if cfg.reweight and cfg.reweight_anchors:
+        unused.add("confidence_weighted_deltas")
+    if cfg.burn_in_iters == 0:
+        unused.add("burn_in_copy")
     if not cfg.distill:
         unused.add("hard_pseudo_labels")
     no_hard_labels = cfg.distill and not cfg.hard_pseudo_labels
@@ -324,6 +358,9 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.burn_in_iters >= 0 and cfg.rampup_iters >= 0,
          f"burn_in_iters and rampup_iters must be >= 0, got {cfg.burn_in_iters} and {cfg.rampup_iters}"),
         (cfg.distill_temperature > 0, f"distill_temperature must be > 0, got {cfg.distill_temperature}"),
+        (cfg.distill_smooth_l1_beta >= 0, f"distill_smooth_l1_beta must be >= 0 (0 = L1), got "
+                                          f"{cfg.distill_smooth_l1_beta}"),
+        *_range_checks(cfg),
         (0 <= cfg.weight_floor <= 1, f"weight_floor must be in [0, 1], got {cfg.weight_floor}"),
         (0 <= cfg.distill_reg_threshold <= 1,
          f"distill_reg_threshold must be in [0, 1] (a probability), got {cfg.distill_reg_threshold}"),
@@ -391,6 +428,14 @@ def validate(cfg: TrainConfig, check_files=True):
     if cfg.backbone_weights not in ("imagenet", "none") and not os.path.isfile(cfg.backbone_weights):
         raise UserError(f"--backbone-weights: file not found: {cfg.backbone_weights}")
     check_device(cfg.device)
+
+
+def _range_checks(cfg):
+    """(ok, message) for the strong view's (low, high) ranges."""
+    inf = float("inf")
+    bounds = {"strong_blur_sigma": (0, inf), "strong_erase_scale": (0, 1), "strong_erase_ratio": (0, inf)}
+    return [(len(r) == 2 and lo < r[0] <= r[1] <= hi, f"{name} must be two numbers low <= high in "
+             f"({lo:g}, {hi:g}], got {list(r)}") for name, (lo, hi) in bounds.items() for r in [getattr(cfg, name)]]
 
 
 def check_writable_dir(path, flag):

@@ -51,6 +51,9 @@ regression too):
     supervised_ema    the EMA teacher of supervised training (--unsup-weight 0: the unlabeled images train
                       nothing), evaluated like the SED rows: the share of their gain over supervised that
                       the EMA alone gives (stop 32)
+    teacher_student_cls_only, sed_hard_no_distill_cls_only  teacher_student and sed_hard_no_distill with hard
+                      labels that train the classes only, not the boxes (--no-hard-label-box-losses: Unbiased
+                      Teacher's choice; stop 36)
 Seed k draws the labeled split (--split-seed k + 1) and the initialisation and data order (--seed k).
 Within a seed every row starts from the same supervised burn-in checkpoint (paired comparison), as
 `--burn-in-iters` does inside one run. Every finished run writes RESULTS/<row>_seed<k>.json (final
@@ -112,7 +115,9 @@ ROWS = {"supervised": None,
         "sed_weightsum": ["--distill-norm", "weight", *FIGURE_1],
         "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight", *FIGURE_1],
         "sed_rpnscale": ["--no-scale-roi", *FIGURE_1],
-        "supervised_ema": ["--unsup-weight", "0"]}
+        "supervised_ema": ["--unsup-weight", "0"],
+        "teacher_student_cls_only": [*TEACHER_STUDENT, "--no-hard-label-box-losses"],
+        "sed_hard_no_distill_cls_only": ["--no-hard-label-box-losses", *NO_DISTILL]}
 INCREMENTAL = ["supervised", "teacher_student", "+distill", "+scale", "sed"]  # each row vs the one above
 ON_HARD_LABELS = ["teacher_student", "ts+distill", "ts+scale", "sed_hard"]  # the same, hard labels kept
 COLUMNS = ("AP", "AP50", "APs", "APm", "APl")
@@ -381,11 +386,14 @@ def gain(table, row, reference):
 
 def references(table):
     """{row: the row its AP gain is over}: in each chain (INCREMENTAL, ON_HARD_LABELS) the nearest row above
-    that was run; the variants over sed (sed_hard's: over sed_hard, teacher_student's: over teacher_student);
+    that was run; the variants over sed (sed_hard's: over sed_hard, sed_hard_no_distill's: over it,
+    teacher_student's: over teacher_student);
     supervised_ema over supervised."""
     over_sed = [r for r in ROWS if r not in [*INCREMENTAL, *ON_HARD_LABELS, "supervised_ema"]]
     reference = {r: "sed" for r in over_sed if "sed" in table}
     reference |= {r: "sed_hard" for r in ROWS if r.startswith("sed_hard_") and "sed_hard" in table}
+    reference |= {r: "sed_hard_no_distill" for r in ROWS
+                  if r.startswith("sed_hard_no_distill_") and "sed_hard_no_distill" in table}
     reference |= {r: "teacher_student" for r in ROWS if r.startswith("teacher_student_") and "teacher_student" in table}
     reference |= {"supervised_ema": "supervised"} if "supervised" in table else {}
     for chain in (INCREMENTAL, ON_HARD_LABELS):

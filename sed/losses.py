@@ -31,9 +31,7 @@ import sed.rpn
 from sed.roi_heads import class_deltas
 from sed.views import SIZE_DIVISIBLE
 
-# design choice: torchvision's Faster R-CNN smooth-L1 beta (RPN and RoI box losses) for the
-# distilled deltas too; not a TrainConfig field yet.
-SMOOTH_L1_BETA = 1.0 / 9
+BOX_LOSSES = ("loss_rpn_box_reg", "loss_box_reg")  # the box regression terms of sed.rpn and sed.roi_heads
 EPS = 1e-6  # keeps weighted_mean finite when every weight is 0 (SED_NOTES section 3)
 
 
@@ -46,11 +44,12 @@ def foreground_weights(p_fg, cfg, anchors=False):
       w_cls = max(w, cfg.weight_floor)              (the floor keeps pushing background down)
       w_reg = w, and 0 where p_fg < cfg.distill_reg_threshold (below)
     cfg.reweight False, or anchors without cfg.reweight_anchors: w_cls = 1 (plain mean over anchors /
-    RoIs) and w_reg = p_fg. design choice: section 1 defines the box distillation as weighted by
-    teacher confidence, so switching off the re-weighting of section 3 does not let the deltas of
-    background anchors count. design choice (--reweight-anchors, off by default): the RPN's soft
-    objectness is graded by overlap, and weighting anchors by it centres the loss on the half-covering
-    anchors that the supervised RPN loss leaves out (IoU 0.3-0.7); README "Experiment".
+    RoIs) and w_reg = p_fg. design choice (--confidence-weighted-deltas; without it w_reg = 1 there):
+    section 1 defines the box distillation as weighted by teacher confidence, so switching off the
+    re-weighting of section 3 does not let the deltas of background anchors count.
+    design choice (--reweight-anchors, off by default): the RPN's soft objectness is graded by overlap,
+    and weighting anchors by it centres the loss on the half-covering anchors that the supervised RPN
+    loss leaves out (IoU 0.3-0.7); README "Experiment".
     In both cases w_reg = 0 where p_fg < cfg.distill_reg_threshold (design choice, deviates from SED_NOTES
     section 3, which has no hard threshold; README "Experiment"): a weak teacher's deltas on what is
     probably background are noise, not boxes.
@@ -58,7 +57,7 @@ def foreground_weights(p_fg, cfg, anchors=False):
     p_fg = p_fg.detach()
     confident = (p_fg >= cfg.distill_reg_threshold).to(p_fg.dtype)
     if not cfg.reweight or (anchors and not cfg.reweight_anchors):
-        return torch.ones_like(p_fg), p_fg * confident
+        return torch.ones_like(p_fg), (p_fg if cfg.confidence_weighted_deltas else 1) * confident
     w_reg = p_fg ** cfg.weight_gamma
     return w_reg.clamp(min=cfg.weight_floor), w_reg * confident
 
@@ -94,9 +93,10 @@ def classification_mean(loss, weight, p_fg, cfg):
     return 0.5 * (weighted_mean(loss[fg], weight[fg]) + weighted_mean(loss[~fg], weight[~fg]))
 
 
-def smooth_l1(deltas, target_deltas):
-    """[N, 4], [N, 4] -> [N]: smooth L1 summed over the 4 box coordinates."""
-    return F.smooth_l1_loss(deltas, target_deltas, beta=SMOOTH_L1_BETA, reduction="none").sum(dim=-1)
+def smooth_l1(deltas, target_deltas, beta):
+    """[N, 4], [N, 4] -> [N]: smooth L1 summed over the 4 box coordinates; beta = cfg.distill_smooth_l1_beta
+    (design choice: torchvision's Faster R-CNN box losses' 1/9 by default)."""
+    return F.smooth_l1_loss(deltas, target_deltas, beta=beta, reduction="none").sum(dim=-1)
 
 
 def bernoulli_kl(logits, target_logits):
@@ -126,7 +126,8 @@ def rpn_distillation_loss(logits, deltas, target_logits, target_deltas, p_fg, cf
     """
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg, anchors=True)
     kl = bernoulli_kl(logits, target_logits)
-    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4)), w_reg)
+    reg = smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4), cfg.distill_smooth_l1_beta)
+    reg = cfg.distill_reg_weight * weighted_mean(reg, w_reg)
     return classification_mean(kl, w_cls, p_fg.reshape(-1), cfg), reg
 
 
@@ -145,7 +146,7 @@ def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_f
     w_cls, w_reg = foreground_weights(p_fg, cfg)
     log_q = F.log_softmax(class_logits / T, dim=1)
     kl = F.kl_div(log_q, target_probs, reduction="none").sum(dim=1) * T**2  # [P]
-    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas, target_deltas), w_reg)
+    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas, target_deltas, cfg.distill_smooth_l1_beta), w_reg)
     return classification_mean(kl, w_cls, p_fg, cfg), reg
 
 
@@ -258,7 +259,8 @@ def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
     """Classic thresholded pseudo-labels (SED_NOTES section 1, the teacher-student baseline).
 
     Teacher detections with score >= cfg.pseudo_threshold become targets of the four standard
-    Faster R-CNN losses on the strong view (design choice: all four, box regression included), the
+    Faster R-CNN losses on the strong view (design choice, --hard-label-box-losses: all four, box
+    regression included; without it the two classification losses only, as Unbiased Teacher), the
     box-head loss on cfg.hard_label_roi_fraction of the RoIs sampled per labeled image (design choice);
     an image without confident detections is trained as all background. full: the student's
     StudentOutputs on strong_batch when the distillation or the scale term already computed them: one
@@ -272,6 +274,8 @@ def hard_pseudo_label_loss(student, strong_batch, soft, cfg, full=None):
         roi_batch_size = max(1, round(cfg.hard_label_roi_fraction * student.roi_heads.batch_size_per_image))
         losses = student.losses(strong_batch, targets, *((full.features, full.rpn_head) if full else (None, None)),
                                 roi_batch_size=roi_batch_size)
+    if not cfg.hard_label_box_losses:
+        losses = {k: v for k, v in losses.items() if k not in BOX_LOSSES}
     return {k.replace("loss_", "loss_hard_"): v for k, v in losses.items()}
 
 

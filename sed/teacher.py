@@ -19,9 +19,10 @@ def make_teacher(student):
 
 
 def ema_momentum_at(iteration, cfg):
-    """EMA momentum m at an iteration. design choice (as Unbiased Teacher): m = 0 during the
-    supervised burn-in, i.e. the teacher is a copy of the student when distillation starts."""
-    return 0.0 if iteration < cfg.burn_in_iters else cfg.ema_momentum
+    """EMA momentum m at an iteration. design choice (--burn-in-copy, as Unbiased Teacher): m = 0 during
+    the supervised burn-in, i.e. the teacher is a copy of the student when distillation starts; without
+    it, cfg.ema_momentum throughout (Mean Teacher)."""
+    return 0.0 if cfg.burn_in_copy and iteration < cfg.burn_in_iters else cfg.ema_momentum
 
 
 @torch.no_grad()

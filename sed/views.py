@@ -14,9 +14,6 @@ import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 
 SIZE_DIVISIBLE = 64  # SED_NOTES section 2: P6 has stride 64, so 64-padding makes the 0.5x pyramid align
-ERASE_SCALE = (0.05, 0.2)  # design choice: Unbiased Teacher's first RandomErasing (area fraction,
-ERASE_RATIO = (0.3, 3.3)   # aspect ratio); not TrainConfig fields
-BLUR_SIGMA = (0.1, 2.0)    # design choice: Gaussian blur sigma range of SimCLR / Unbiased Teacher, in pixels
 
 
 def _uniform(low, high, generator):
@@ -32,8 +29,9 @@ def strong_augment(image, cfg, generator=None):
 
     In order (design choice: Unbiased Teacher's recipe, fixed order): colour jitter of strength
     s = cfg.strong_color_jitter (brightness, contrast, saturation factors in [1-s, 1+s], hue shift
-    in [-s/4, s/4]), grayscale with cfg.strong_grayscale_prob, Gaussian blur with cfg.strong_blur_prob,
-    one random erasing with cfg.strong_erase_prob (filled with uniform noise).
+    in [-s/4, s/4]), grayscale with cfg.strong_grayscale_prob, Gaussian blur with cfg.strong_blur_prob
+    (sigma drawn in cfg.strong_blur_sigma), one random erasing with cfg.strong_erase_prob (filled with
+    uniform noise; `_random_erase`). The order is fixed: not a flag (README "SED in one step").
     """
     s = cfg.strong_color_jitter
     if s > 0:
@@ -44,19 +42,21 @@ def strong_augment(image, cfg, generator=None):
     if _coin(cfg.strong_grayscale_prob, generator):
         image = TF.rgb_to_grayscale(image, num_output_channels=3)
     if _coin(cfg.strong_blur_prob, generator):
-        sigma = _uniform(*BLUR_SIGMA, generator)
+        sigma = _uniform(*cfg.strong_blur_sigma, generator)
         kernel = 2 * math.ceil(3 * sigma) + 1
         image = TF.gaussian_blur(image, [kernel, kernel], [sigma, sigma])
     if _coin(cfg.strong_erase_prob, generator):
-        image = _random_erase(image, generator)
+        image = _random_erase(image, cfg.strong_erase_scale, cfg.strong_erase_ratio, generator)
     return image.clamp(0, 1)
 
 
-def _random_erase(image, generator):
-    """Replace a random rectangle (area and aspect ratio drawn from ERASE_*) by uniform noise."""
+def _random_erase(image, scale, ratio_range, generator):
+    """Replace a random rectangle by uniform noise: its area a fraction of the image drawn in scale
+    (low, high), its aspect ratio h / w drawn in ratio_range, uniformly in log space (torchvision's
+    RandomErasing)."""
     _, H, W = image.shape
-    area = _uniform(*ERASE_SCALE, generator) * H * W
-    ratio = math.exp(_uniform(math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1]), generator))
+    area = _uniform(*scale, generator) * H * W
+    ratio = math.exp(_uniform(math.log(ratio_range[0]), math.log(ratio_range[1]), generator))
     h = min(H, max(1, round(math.sqrt(area * ratio))))
     w = min(W, max(1, round(math.sqrt(area / ratio))))
     y = int(torch.randint(0, H - h + 1, (), generator=generator))
@@ -65,14 +65,15 @@ def _random_erase(image, generator):
     return TF.erase(image, y, x, h, w, noise)
 
 
-def downsample(batch):
+def downsample(batch, antialias=True):
     """The batch at exactly half resolution (SED_NOTES section 2): tensors [B,3,Hp/2,Wp/2], sizes halved.
 
-    design choice: bilinear with antialias=True (a low-pass filter before subsampling, like resizing
-    the image itself), on the normalised, padded tensor. Image sizes round up so no content is cut.
+    Bilinear on the normalised, padded tensor; design choice (--small-view-antialias): with antialias
+    (a low-pass filter before subsampling, like resizing the image itself), or without (at exactly
+    0.5, each output pixel is the mean of its 2x2 block). Image sizes round up so no content is cut.
     """
     tensors = F.interpolate(batch.tensors, scale_factor=0.5, mode="bilinear", align_corners=False,
-                            antialias=True)
+                            antialias=antialias)
     sizes = [((h + 1) // 2, (w + 1) // 2) for h, w in batch.image_sizes]
     return type(batch)(tensors, sizes)
 
@@ -89,4 +90,4 @@ def make_views(model, images, cfg, min_size=None, generator=None):
     strong = [strong_augment(im, cfg, generator) for im in images]
     weak_batch, _ = model.transform(images, min_size=min_size, size_divisible=SIZE_DIVISIBLE)
     strong_batch, _ = model.transform(strong, min_size=min_size, size_divisible=SIZE_DIVISIBLE)
-    return weak_batch, strong_batch, downsample(strong_batch)
+    return weak_batch, strong_batch, downsample(strong_batch, cfg.small_view_antialias)

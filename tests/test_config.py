@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from sed.config import (TrainConfig, build_parser, changed_settings, check_device, check_writable_dir,
-                        unused_settings,
-                        check_writable_file, from_dict, parse_args, validate)
+                        check_writable_file, from_dict, parse_args, unused_fields, unused_settings, validate)
 from sed.errors import UserError
 
 
@@ -69,6 +68,12 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--method", "sed", "--no-hard-pseudo-labels"], "--no-hard-pseudo-labels needs --distill (without the soft "
      "self-distillation the hard labels are the teacher's only signal to the student); --distill "
      "--no-hard-pseudo-labels is SED as Figure 1 draws it"),
+    (["--distill-smooth-l1-beta", "-1"], "--distill-smooth-l1-beta must be >= 0 (0 = L1), got -1.0"),
+    (["--strong-erase-scale", "0.3", "0.1"], "--strong-erase-scale must be two numbers low <= high in (0, 1], got "
+     "[0.3, 0.1]"),
+    (["--strong-erase-ratio", "0", "1"], "--strong-erase-ratio must be two numbers low <= high in (0, inf], got "
+     "[0.0, 1.0]"),
+    (["--strong-blur-sigma", "1"], "--strong-blur-sigma must be two numbers low <= high in (0, inf], got [1.0]"),
     (["--checkpoint-every", "0"],
      "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 0, 20 and 8"),
     (["--log-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 5000, 0 and 8"),
@@ -193,6 +198,11 @@ def test_changed_settings_name_what_a_resume_changes():
     (["--method", "sed", "--distill", "--target-sharpen", "0.5"], []),
     (["--method", "sed", "--no-reweight", "--distill-norm", "weight"], ["--distill-norm"]),  # since stop 35
     (["--method", "sed", "--no-reweight", "--distill-norm", "split"], []),
+    (["--method", "sed", "--no-scale-consistency", "--no-small-view-antialias", "--burn-in-iters", "0",  # stop 36
+      "--no-burn-in-copy", "--distill-smooth-l1-beta", "1"],
+     ["--distill-smooth-l1-beta"]),   # switches turned off are not named
+    (["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--distill-reg-weight", "1", "--reweight-anchors",
+      "--no-confidence-weighted-deltas", "--distill-smooth-l1-beta", "1"], []),
     (["--method", "sed", "--no-distill", "--no-scale-consistency", "--no-reweight", "--no-scale-roi"], []),
     (["--method", "sed", "--hard-label-rois", "teacher", "--hard-label-roi-fraction", "0.5"],
      ["--hard-label-roi-fraction"]),
@@ -203,3 +213,15 @@ def test_changed_settings_name_what_a_resume_changes():
 def test_unused_settings_are_named(argv, unused):
     """A setting given for a method or component the run does not use (silently ignored until stop 30)."""
     assert unused_settings(parse_args(argv, check_files=False)) == unused
+
+
+def test_the_flags_of_stop_36_are_unused_where_they_change_nothing():
+    """The design choices made flags at stop 36 join unused_fields where their component is off."""
+    cfg = parse_args(["--method", "sed", "--no-scale-consistency", "--burn-in-iters", "0"], check_files=False)
+    assert {"small_view_antialias", "burn_in_copy", "distill_smooth_l1_beta", "confidence_weighted_deltas"} \
+        <= unused_fields(cfg)
+    cfg = parse_args(["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--distill-reg-weight", "1"],
+                     check_files=False)
+    assert "hard_label_box_losses" in unused_fields(cfg)
+    assert not {"distill_smooth_l1_beta", "confidence_weighted_deltas", "small_view_antialias", "burn_in_copy"} \
+        & unused_fields(cfg)

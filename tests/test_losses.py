@@ -23,8 +23,8 @@ ALL_DELTAS = TrainConfig(distill_reg_threshold=0.0, distill_reg_weight=1.0,  # b
                          distill_norm="weight")  # sum w l / sum w (SED_NOTES section 3)
 
 
-def smooth_l1(x):
-    return 0.5 * x * x / BETA if abs(x) < BETA else abs(x) - 0.5 * BETA
+def smooth_l1(x, beta=BETA):
+    return 0.5 * x * x / beta if abs(x) < beta else abs(x) - 0.5 * beta
 
 
 def test_weighted_mean_of_constant_is_the_constant():
@@ -104,6 +104,17 @@ def test_foreground_weights_without_reweight():
     assert torch.equal(w_reg, p)              # box distillation stays confidence-weighted (section 1)
 
 
+def test_without_confidence_weighted_deltas_unweighted_entries_get_the_plain_mean_of_their_deltas():
+    """--no-confidence-weighted-deltas: where the classes are not re-weighted, the deltas are not either (those
+    above --distill-reg-threshold, weight 1); where they are (RoIs under --reweight), nothing changes."""
+    p = torch.tensor([0.2, 0.5, 0.9])
+    plain = TrainConfig(reweight=False, confidence_weighted_deltas=False, distill_reg_threshold=0.5)
+    assert torch.equal(foreground_weights(p, plain)[1], torch.tensor([0.0, 1.0, 1.0]))
+    anchors = TrainConfig(confidence_weighted_deltas=False, distill_reg_threshold=0.0)
+    assert torch.equal(foreground_weights(p, anchors, anchors=True)[1], torch.ones(3))
+    assert torch.equal(foreground_weights(p, anchors)[1], p)  # RoIs re-weighted: their deltas keep p_fg
+
+
 def test_anchors_are_re_weighted_only_with_reweight_anchors():
     """--reweight-anchors off (the default): RPN anchors by their plain mean, RoIs still re-weighted."""
     p = torch.tensor([0.2, 0.9])
@@ -142,6 +153,10 @@ def test_rpn_distillation_hand_values():
                                                dataclasses.replace(ALL_DELTAS, distill_reg_weight=0.1))
     assert cls_loss.item() == pytest.approx((0.25 * kl[0] + 0.5 * kl[1]) / 0.75, rel=1e-5)
     assert reg_loss.item() == pytest.approx(0.1 * (0.25 * reg[0] + 0.5 * reg[1]) / 0.75, rel=1e-5)
+    # --distill-smooth-l1-beta 1: 0.05 -> 0.5 * 0.05^2, 1.0 -> 1 - 0.5, -0.5 -> 0.5 * 0.25
+    _, reg_loss = rpn_distillation_loss(logits, deltas, torch.logit(p), teacher_deltas, p,
+                                        dataclasses.replace(ALL_DELTAS, distill_smooth_l1_beta=1.0))
+    assert reg_loss.item() == pytest.approx((0.25 * 0.00125 + 0.5 * (0.5 + 0.125)) / 0.75, rel=1e-5)
 
 
 def test_rpn_distillation_at_the_teacher_has_zero_gradient_and_zero_value():
@@ -303,6 +318,24 @@ def test_hard_label_loss_on_the_shared_strong_view_outputs_equals_its_own_forwar
     student.rpn.head.forward = lambda feats: calls.append("rpn head") or head(feats)
     assert set(sed_losses(student, strong, None, soft, cfg)) >= set(shared)
     assert calls == ["backbone", "rpn head"]  # one pass on the strong view for both terms
+
+
+def test_without_hard_label_box_losses_the_hard_labels_train_the_classes_only(tiny):
+    """--no-hard-label-box-losses (Unbiased Teacher): the RPN objectness and box-head class losses of the
+    hard labels, the same values as with the box losses, and no box regression term."""
+    student, teacher, images = tiny
+    cfg = TrainConfig(pseudo_threshold=0.0, scale_consistency=False, teacher_proposals=16)
+    weak, strong, _ = make_views(student, images, cfg, min_size=64)
+    soft = predict_soft(teacher, weak, cfg)
+    results = []
+    for box_losses in (True, False):
+        torch.manual_seed(0)  # the same anchor and RoI sampling
+        results.append(hard_pseudo_label_loss(student, strong, soft,
+                                              dataclasses.replace(cfg, hard_label_box_losses=box_losses)))
+    full, classes = results
+    assert set(full) == {"loss_hard_objectness", "loss_hard_rpn_box_reg", "loss_hard_classifier", "loss_hard_box_reg"}
+    assert full["loss_hard_box_reg"] > 0 and full["loss_hard_rpn_box_reg"] > 0  # boxes that would train
+    assert classes == {k: full[k] for k in ("loss_hard_objectness", "loss_hard_classifier")}
 
 
 @pytest.mark.parametrize("fraction,expected", [(1.0, 32), (0.25, 8)])

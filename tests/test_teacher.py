@@ -55,6 +55,8 @@ def test_ema_momentum_zero_copies_the_student():
 def test_ema_momentum_schedule():
     cfg = TrainConfig(burn_in_iters=5, ema_momentum=0.999)
     assert [ema_momentum_at(i, cfg) for i in (0, 4, 5, 50)] == [0.0, 0.0, 0.999, 0.999]
+    cfg = TrainConfig(burn_in_iters=5, ema_momentum=0.999, burn_in_copy=False)  # Mean Teacher: EMA from the start
+    assert [ema_momentum_at(i, cfg) for i in (0, 4, 5, 50)] == [0.999] * 4
 
 
 def test_predict_soft_shapes_and_values():

@@ -1,6 +1,7 @@
 """Weak / strong / small views (sed/views.py)."""
 import pytest
 import torch
+import torchvision.transforms.v2.functional as TF
 
 import sed
 from sed.config import TrainConfig
@@ -47,6 +48,20 @@ def test_grayscale_and_erasing_are_photometric():
     assert 0.02 < changed <= 0.2  # one rectangle of 5-20 % of the area
 
 
+def test_erasing_and_blur_ranges_are_flags():
+    """--strong-erase-scale, --strong-erase-ratio: an erased box of exactly a quarter of a 40 x 40 image, square,
+    is 20 x 20 pixels. --strong-blur-sigma (s, s) blurs with sigma s."""
+    image = torch.rand(3, 40, 40)
+    cfg = TrainConfig(**{**NO_AUGMENT, "strong_erase_prob": 1.0, "strong_erase_scale": (0.25, 0.25),
+                         "strong_erase_ratio": (1.0, 1.0)})
+    erased = (strong_augment(image, cfg) != image).any(0)
+    rows, cols = erased.any(1).nonzero(), erased.any(0).nonzero()
+    assert erased.sum() == 400 and rows.max() - rows.min() == cols.max() - cols.min() == 19
+    blurred = strong_augment(image, TrainConfig(**{**NO_AUGMENT, "strong_blur_prob": 1.0,
+                                                    "strong_blur_sigma": (1.5, 1.5)}))
+    assert torch.allclose(blurred, TF.gaussian_blur(image, [11, 11], [1.5, 1.5]))  # kernel 2 * ceil(4.5) + 1
+
+
 def test_views_share_geometry_and_the_small_view_is_half(model):
     images = [torch.rand(3, 70, 100), torch.rand(3, 90, 64)]
     weak, strong, small = make_views(model, images, TrainConfig(), min_size=64)
@@ -70,6 +85,20 @@ def test_downsample_is_an_aligned_half():
     small = downsample(ImageBatch(ramp, [(31, 63)]))
     assert small.tensors.shape == (1, 3, 16, 32) and small.image_sizes == [(16, 32)]
     assert torch.allclose(small.tensors[0, :, :, 1:-1], torch.arange(1, 31) * 2 + 0.5)
+
+
+def test_downsample_without_antialias_is_the_mean_of_each_2x2_block(model):
+    """--no-small-view-antialias: bilinear at exactly 0.5 averages each 2x2 block, so stripes 2 pixels wide
+    keep their full contrast; the antialiased default low-passes them first (SED_NOTES section 2)."""
+    stripes = (torch.arange(64) // 2 % 2).float().expand(1, 3, 64, 64).contiguous()  # 0 0 1 1 0 0 ...
+    plain = downsample(ImageBatch(stripes, [(64, 64)]), antialias=False).tensors
+    assert torch.allclose(plain, torch.nn.functional.avg_pool2d(stripes, 2))
+    assert torch.equal(plain[0, 0, 0, :4], torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    smooth = downsample(ImageBatch(stripes, [(64, 64)])).tensors[0, 0, 0, 1:-1]
+    assert smooth.max() - smooth.min() < 0.6  # contrast lost to the low-pass
+    images = [torch.rand(3, 64, 64)]
+    _, strong, small = make_views(model, images, TrainConfig(**NO_AUGMENT, small_view_antialias=False), min_size=64)
+    assert torch.allclose(small.tensors, torch.nn.functional.avg_pool2d(strong.tensors, 2), atol=1e-6)
 
 
 def test_one_random_min_size_for_both_views():
