@@ -89,7 +89,9 @@ class TrainConfig:
                                2000)
     burn_in_copy: bool = _help("design choice (Unbiased Teacher): the teacher copies the student at every "
                                "burn-in iteration (EMA momentum 0), so it is the student when the unsupervised "
-                               "losses start; off: the EMA at --ema-momentum from iteration 0 (Mean Teacher)", True)
+                               "losses start; off: the EMA at --ema-momentum from iteration 0 (Mean Teacher; a "
+                               "supervised checkpoint continued as SED starts its teacher as a copy either way)",
+                               True)
     rampup_iters: int = _help("design choice: linear ramp of lambda_u after the burn-in; 0 = step", 0)
     distill: bool = _help("design choice, deviates from Figure 1 (its self-distillation arrow): soft "
                           "self-distillation teacher -> student on the full-size strong view (SED_NOTES "
@@ -431,11 +433,13 @@ def validate(cfg: TrainConfig, check_files=True):
 
 
 def _range_checks(cfg):
-    """(ok, message) for the strong view's (low, high) ranges."""
-    inf = float("inf")
-    bounds = {"strong_blur_sigma": (0, inf), "strong_erase_scale": (0, 1), "strong_erase_ratio": (0, inf)}
-    return [(len(r) == 2 and lo < r[0] <= r[1] <= hi, f"{name} must be two numbers low <= high in "
-             f"({lo:g}, {hi:g}], got {list(r)}") for name, (lo, hi) in bounds.items() for r in [getattr(cfg, name)]]
+    """(ok, message) for each of the strong view's (low, high) ranges: 0 < low <= high <= its bound."""
+    checks, inf = [], float("inf")
+    for name, bound in (("strong_blur_sigma", inf), ("strong_erase_scale", 1), ("strong_erase_ratio", inf)):
+        r = getattr(cfg, name)
+        checks.append((len(r) == 2 and 0 < r[0] <= r[1] <= bound,
+                       f"{name} must be two numbers low <= high in (0, {bound:g}], got {list(r)}"))
+    return checks
 
 
 def check_writable_dir(path, flag):
