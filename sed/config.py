@@ -97,12 +97,18 @@ class TrainConfig:
                           "self-distillation teacher -> student on the full-size strong view (SED_NOTES "
                           "section 1); off by default: over seeds it cost AP against the hard labels alone (README "
                           "\"Experiment\"), which are then the teacher -> student link", False)
+    distill_rpn: bool = _help("design choice (which heads the term uses): the self-distillation's RPN part "
+                              "(objectness and deltas per anchor); off: its RoI-head part only", True)
+    distill_roi: bool = _help("design choice: the self-distillation's RoI-head part (classes and deltas on the "
+                              "teacher's proposals); off: its RPN part only", True)
     scale_consistency: bool = _help("scale-equivalent loss between the student's full-size and 0.5x views", True)
     scale_target: str = _help("target of the 0.5x view: student (full-size outputs, detached) | mutual "
                               "(gradient into both sizes) | teacher (the teacher's outputs)", "student")
     scale_roi: bool = _help("design choice: the scale link's RoI-head part (the 0.5x view on the proposals / 2); "
                             "off = its RPN part only, which cost AP on every run of the CPU experiment, "
                             "mostly APs (README \"Experiment\")", True)
+    scale_rpn: bool = _help("design choice: the scale link's RPN part (small P2-P5 against full-size P3-P6); off = "
+                            "its RoI-head part only", True)
     small_view_antialias: bool = _help("design choice: the 0.5x view is downsampled bilinearly with antialiasing "
                                        "(a low-pass filter first, as resizing the photo would); off: plain "
                                        "bilinear, the mean of each 2x2 block", True)
@@ -216,7 +222,8 @@ RUN_FIELDS = ("train_ann", "train_images", "seed", "min_size", "max_size", "dtyp
 
 # SED settings that act only through one component: with that switch off they change nothing (sed/losses.py:
 # the scale term; foreground_weights, which returns before gamma and floor without --reweight; the hard labels).
-ONLY_WITH = {"scale_consistency": ("scale_target", "scale_roi", "small_view_antialias"),
+ONLY_WITH = {"distill": ("distill_rpn", "distill_roi"),
+             "scale_consistency": ("scale_target", "scale_roi", "scale_rpn", "small_view_antialias"),
              "reweight": ("reweight_anchors", "weight_gamma", "weight_floor"),
              "hard_pseudo_labels": ("pseudo_threshold", "hard_label_rois", "hard_label_roi_fraction",
                                     "hard_label_box_losses")}
@@ -337,6 +344,10 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.method != "sed" or cfg.distill or cfg.hard_pseudo_labels, "--no-hard-pseudo-labels needs --distill "
          "(without the soft self-distillation the hard labels are the teacher's only signal to the student); "
          "--distill --no-hard-pseudo-labels is SED as Figure 1 draws it"),
+        (cfg.method != "sed" or not cfg.distill or cfg.distill_rpn or cfg.distill_roi,
+         "--distill needs --distill-rpn or --distill-roi (with neither, --no-distill)"),
+        (cfg.method != "sed" or not cfg.scale_consistency or cfg.scale_rpn or cfg.scale_roi,
+         "--scale-consistency needs --scale-rpn or --scale-roi (with neither, --no-scale-consistency)"),
         (cfg.hard_label_rois in HARD_LABEL_ROIS,
          f"hard_label_rois must be one of {HARD_LABEL_ROIS}, got {cfg.hard_label_rois!r}"),
         (cfg.backbone_norm == "frozen_bn" or cfg.backbone_weights == "none",

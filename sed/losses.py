@@ -180,13 +180,19 @@ def student_outputs(student, batch, proposals, labels):
 def distillation_loss(full, soft, cfg):
     """SED_NOTES section 1 (Figure 1 "Self-Distillation"): the student on the full-size strong view
     against the teacher on the weak view (same geometry: anchor a and proposal r are the same image
-    region in both). full: StudentOutputs of the strong view on soft.proposals."""
-    rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_target_logits, soft.rpn_deltas,
-                                             soft.rpn_prob, cfg)
-    roi_cls, roi_reg = roi_distillation_loss(full.class_logits, full.box_deltas, soft.roi_probs,
-                                             soft.roi_deltas, soft.roi_fg, cfg)
-    return {"loss_rpn_distill_cls": rpn_cls, "loss_rpn_distill_reg": rpn_reg,
-            "loss_roi_distill_cls": roi_cls, "loss_roi_distill_reg": roi_reg}
+    region in both). full: StudentOutputs of the strong view on soft.proposals. design choice (which
+    heads the term uses, SED_NOTES "Framework"): the RPN part with cfg.distill_rpn, the RoI-head part
+    with cfg.distill_roi, both by default."""
+    losses = {}
+    if cfg.distill_rpn:
+        rpn_cls, rpn_reg = rpn_distillation_loss(full.obj, full.deltas, soft.rpn_target_logits, soft.rpn_deltas,
+                                                 soft.rpn_prob, cfg)
+        losses |= {"loss_rpn_distill_cls": rpn_cls, "loss_rpn_distill_reg": rpn_reg}
+    if cfg.distill_roi:
+        roi_cls, roi_reg = roi_distillation_loss(full.class_logits, full.box_deltas, soft.roi_probs,
+                                                 soft.roi_deltas, soft.roi_fg, cfg)
+        losses |= {"loss_roi_distill_cls": roi_cls, "loss_roi_distill_reg": roi_reg}
+    return losses
 
 
 def scale_targets(full, soft, cfg):
@@ -223,7 +229,7 @@ def scale_consistency_loss(small, full, soft, cfg):
     torchvision rounds every level's cell anchors to whole pixels.)
     RoI head: proposal B on the full view is B / 2 on the small one (small.* were computed there);
     without cfg.scale_roi (design choice, `--no-scale-roi`) this part is left out and small has no
-    RoI outputs.
+    RoI outputs; without cfg.scale_rpn (design choice, `--no-scale-rpn`) the RPN part is.
     """
     if small.level_sizes[:-1] != soft.level_sizes[1:]:
         raise ValueError(f"scale consistency: small-view anchors per level {small.level_sizes[:-1]} do not "
@@ -232,9 +238,11 @@ def scale_consistency_loss(small, full, soft, cfg):
     p2_p5 = slice(0, sum(small.level_sizes[:-1]))
     p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
     rpn_logits, rpn_deltas, roi_probs, roi_deltas = scale_targets(full, soft, cfg)
-    rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_logits, rpn_deltas,
-                                             soft.rpn_prob[:, p3_p6], cfg)
-    losses = {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg}
+    losses = {}
+    if cfg.scale_rpn:
+        rpn_cls, rpn_reg = rpn_distillation_loss(small.obj[:, p2_p5], small.deltas[:, p2_p5], rpn_logits,
+                                                 rpn_deltas, soft.rpn_prob[:, p3_p6], cfg)
+        losses |= {"loss_scale_rpn_cls": rpn_cls, "loss_scale_rpn_reg": rpn_reg}
     if cfg.scale_roi:
         roi_cls, roi_reg = roi_distillation_loss(small.class_logits, small.box_deltas, roi_probs, roi_deltas,
                                                  soft.roi_fg, cfg)

@@ -74,6 +74,10 @@ def test_unknown_flag_and_bad_choice_exit():
     (["--strong-erase-ratio", "0", "1"], "--strong-erase-ratio must be two numbers low <= high in (0, inf], got "
      "[0.0, 1.0]"),
     (["--strong-blur-sigma", "1"], "--strong-blur-sigma must be two numbers low <= high in (0, inf], got [1.0]"),
+    (["--method", "sed", "--distill", "--no-distill-rpn", "--no-distill-roi"],
+     "--distill needs --distill-rpn or --distill-roi (with neither, --no-distill)"),
+    (["--method", "sed", "--no-scale-rpn", "--no-scale-roi"],
+     "--scale-consistency needs --scale-rpn or --scale-roi (with neither, --no-scale-consistency)"),
     (["--checkpoint-every", "0"],
      "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 0, 20 and 8"),
     (["--log-every", "0"], "--checkpoint-every, --log-every and --eval-batch-size must be >= 1, got 5000, 0 and 8"),
@@ -218,10 +222,10 @@ def test_unused_settings_are_named(argv, unused):
 def test_the_flags_of_stop_36_are_unused_where_they_change_nothing():
     """The design choices made flags at stop 36 join unused_fields where their component is off."""
     cfg = parse_args(["--method", "sed", "--no-scale-consistency", "--burn-in-iters", "0"], check_files=False)
-    assert {"small_view_antialias", "burn_in_copy", "distill_smooth_l1_beta", "confidence_weighted_deltas"} \
-        <= unused_fields(cfg)
+    assert {"small_view_antialias", "burn_in_copy", "distill_smooth_l1_beta", "confidence_weighted_deltas",
+            "scale_rpn", "distill_rpn", "distill_roi"} <= unused_fields(cfg)
     cfg = parse_args(["--method", "sed", "--distill", "--no-hard-pseudo-labels", "--distill-reg-weight", "1"],
                      check_files=False)
     assert "hard_label_box_losses" in unused_fields(cfg)
-    assert not {"distill_smooth_l1_beta", "confidence_weighted_deltas", "small_view_antialias", "burn_in_copy"} \
-        & unused_fields(cfg)
+    assert not {"distill_smooth_l1_beta", "confidence_weighted_deltas", "small_view_antialias", "burn_in_copy",
+                "scale_rpn", "distill_rpn", "distill_roi"} & unused_fields(cfg)

@@ -191,3 +191,20 @@ def test_without_scale_roi_only_the_rpn_part_remains(model, batches, monkeypatch
     assert set(both) - set(rpn_only) == {"loss_scale_roi_cls", "loss_scale_roi_reg"}
     assert all(torch.equal(rpn_only[k], both[k]) for k in rpn_only)
     assert both["loss_scale_roi_cls"] > 0
+
+
+def test_each_term_can_leave_out_either_head(model, batches):
+    """Which heads each term uses (SED_NOTES "Framework", design choices): --no-scale-rpn keeps only the scale
+    link's RoI-head terms, --no-distill-rpn / --no-distill-roi only the self-distillation's other head; the terms
+    kept are the same values as with both heads."""
+    batch, small_batch = batches
+    cfg = TrainConfig(teacher_proposals=16, distill_reg_weight=1.0, distill=True, hard_pseudo_labels=False)
+    soft = predict_soft(make_teacher(model), batch, cfg)
+    with torch.no_grad():
+        both = sed_losses(model, batch, small_batch, soft, cfg)
+        for switch, left_out in (("scale_rpn", {"loss_scale_rpn_cls", "loss_scale_rpn_reg"}),
+                                 ("distill_rpn", {"loss_rpn_distill_cls", "loss_rpn_distill_reg"}),
+                                 ("distill_roi", {"loss_roi_distill_cls", "loss_roi_distill_reg"})):
+            fewer = sed_losses(model, batch, small_batch, soft, dataclasses.replace(cfg, **{switch: False}))
+            assert set(both) - set(fewer) == left_out, switch
+            assert all(torch.equal(fewer[k], both[k]) for k in fewer), switch
