@@ -230,20 +230,29 @@ def too_large(error):
             "PIL.Image.MAX_IMAGE_PIXELS if the file is trusted")
 
 
-def _eight_bit(im):
-    """16-bit grayscale (PIL modes I;16*, and I, which older Pillows give 16-bit PNGs) scaled to 8 bits,
-    0..65535 -> 0..255: PIL's convert("RGB") clips those values at 255, which turns a 16-bit image
-    white. 32-bit integer or floating-point pixels (a mode I image beyond 0..65535, mode F) have no
-    range to scale from, and convert("RGB") made them all white or all black: a ValueError naming them.
-    Any other mode is returned as it is."""
+def _sixteen_bit_pixels(im):
+    """[H, W] float64 pixels of a 16-bit grayscale image (PIL modes I;16*, and I, which older Pillows give
+    16-bit PNGs); None for any other mode. 32-bit integer or floating-point pixels (a mode I image beyond
+    0..65535, mode F) have no range to scale from, and convert("RGB") made them all white or all black: a
+    ValueError naming them (also the check of --verify-images, which needs no conversion)."""
     if im.mode == "F":
         raise ValueError("floating-point pixels (PIL mode F): save it with 8 or 16 bits per channel")
     if not (im.mode == "I" or im.mode.startswith("I;16")):
-        return im
+        return None
     pixels = np.asarray(im, dtype=np.float64)
     if pixels.size and (pixels.min() < 0 or pixels.max() > 65535):
         raise ValueError(f"32-bit pixels (PIL mode I, values {pixels.min():g}..{pixels.max():g}, beyond 16 bits): "
                          "save it with 8 or 16 bits per channel")
+    return pixels
+
+
+def _eight_bit(im):
+    """16-bit grayscale scaled to 8 bits, 0..65535 -> 0..255: PIL's convert("RGB") clips those values at
+    255, which turns a 16-bit image white. ValueError for pixels beyond 16 bits (`_sixteen_bit_pixels`).
+    Any other mode is returned as it is."""
+    pixels = _sixteen_bit_pixels(im)
+    if pixels is None:
+        return im
     return Image.fromarray((pixels / 257).round().clip(0, 255).astype(np.uint8))
 
 
@@ -598,7 +607,7 @@ def _verify_one(entry):
         with Image.open(path) as im:
             size, orientation = _displayed_size(im), _orientation(im)
             im.load()
-            _eight_bit(im)
+            _sixteen_bit_pixels(im)   # load_rgb's check of the bit depth, without its conversion
     except OSError as e:  # truncated, corrupt, not an image, unreadable
         return f"cannot decode ({e})"
     except ValueError as e:  # pixels load_rgb cannot scale to 8 bits
