@@ -208,11 +208,12 @@ def scale_targets(full, soft, cfg):
     p3_p6 = slice(soft.level_sizes[0], sum(soft.level_sizes))
     if cfg.scale_target == "teacher":
         return soft.rpn_target_logits[:, p3_p6], soft.rpn_deltas[:, p3_p6], soft.roi_probs, soft.roi_deltas
-    obj, deltas = full.obj[:, p3_p6].float(), full.deltas[:, p3_p6]
-    logits, box_deltas = full.class_logits.float(), full.box_deltas
-    if cfg.scale_target == "student":
-        obj, deltas, logits, box_deltas = obj.detach(), deltas.detach(), logits.detach(), box_deltas.detach()
-    return obj, deltas, (logits / cfg.distill_temperature).softmax(dim=1), box_deltas
+    keep = (lambda t: t.detach()) if cfg.scale_target == "student" else (lambda t: t)  # mutual: not detached
+    obj, deltas = keep(full.obj[:, p3_p6].float()), keep(full.deltas[:, p3_p6])
+    if not cfg.scale_roi:  # no RoI-head part (--no-scale-roi): the full-size box head may not have run
+        return obj, deltas, None, None
+    probs = (keep(full.class_logits.float()) / cfg.distill_temperature).softmax(dim=1)
+    return obj, deltas, probs, keep(full.box_deltas)
 
 
 def scale_consistency_loss(small, full, soft, cfg):
@@ -299,6 +300,15 @@ def teacher_roi_losses(student, strong_batch, full, proposals, targets):
     return {**rpn, **student.roi_heads.fast_rcnn_loss(full.class_logits, full.all_box_deltas, labels, reg_targets)}
 
 
+def full_size_rois_used(cfg):
+    """Whether a term uses the student's full-size box-head outputs on the teacher's proposals: the
+    distillation's RoI-head part, the scale link's RoI-head targets, or the hard labels' box-head loss
+    with --hard-label-rois teacher."""
+    return ((cfg.distill and cfg.distill_roi)
+            or (cfg.scale_consistency and cfg.scale_roi and cfg.scale_target != "teacher")
+            or ((cfg.hard_pseudo_labels or not cfg.distill) and cfg.hard_label_rois == "teacher"))
+
+
 def sed_losses(student, strong_batch, small_batch, soft, cfg):
     """All unsupervised loss terms the cfg switches on, as a dict of named scalar tensors (Figure 1).
 
@@ -311,7 +321,8 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
     losses = {}
     full = None
     if cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"):
-        full = student_outputs(student, strong_batch, soft.proposals, soft.roi_labels)
+        proposals = soft.proposals if full_size_rois_used(cfg) else None  # None: the box head is not run
+        full = student_outputs(student, strong_batch, proposals, soft.roi_labels)
     if cfg.distill:
         losses |= distillation_loss(full, soft, cfg)
     if cfg.scale_consistency:

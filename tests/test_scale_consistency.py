@@ -208,3 +208,31 @@ def test_each_term_can_leave_out_either_head(model, batches):
             fewer = sed_losses(model, batch, small_batch, soft, dataclasses.replace(cfg, **{switch: False}))
             assert set(both) - set(fewer) == left_out, switch
             assert all(torch.equal(fewer[k], both[k]) for k in fewer), switch
+
+
+def test_the_full_size_box_head_runs_only_for_a_term_that_uses_it(model, batches, monkeypatch):
+    """The student's box head on the teacher's proposals at full size runs only where a term uses its outputs
+    (sed.losses.full_size_rois_used): not with --no-scale-roi beside the hard labels, with or without --distill
+    --no-distill-roi; the terms kept have the same values as where it runs."""
+    batch, small_batch = batches
+    cfg = TrainConfig(teacher_proposals=16)  # train.py's default SED otherwise
+    soft = predict_soft(make_teacher(model), batch, cfg)
+    on_teacher_rois, predict = [], model.roi_heads.predict
+    monkeypatch.setattr(model.roi_heads, "predict", lambda feats, boxes: on_teacher_rois.append(
+        boxes is soft.proposals) or predict(feats, boxes))
+
+    def losses(**changes):
+        on_teacher_rois.clear()
+        torch.manual_seed(0)  # the hard labels' RoI sampling
+        with torch.no_grad():
+            values = sed_losses(model, batch, small_batch, soft, dataclasses.replace(cfg, **changes))
+        return values, any(on_teacher_rois)
+
+    both, ran = losses()
+    assert ran
+    for changes in ({"scale_roi": False}, {"scale_roi": False, "distill": True, "distill_roi": False}):
+        fewer, ran = losses(**changes)
+        assert not ran, changes
+        assert {"loss_hard_classifier", "loss_scale_rpn_cls"} <= set(fewer)
+        assert all(torch.equal(fewer[k], both[k]) for k in set(fewer) & set(both)), changes
+    assert losses(scale_roi=False, hard_label_rois="teacher")[1]
