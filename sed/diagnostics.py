@@ -30,6 +30,7 @@ than reported as NaN or 0.
 """
 import torch
 from torchvision.ops import box_iou
+from tqdm import tqdm
 
 from sed.config import TrainConfig
 from sed.losses import foreground_weights
@@ -206,7 +207,8 @@ def diagnose(teacher, dataset, indices, device="cpu", batch_size=4, thresholds=(
     teacher.eval()
     stats = PseudoLabelStats(thresholds, score_thr)
     indices = list(indices)
-    for start in range(0, len(indices), batch_size):
+    # a progress bar as the evaluation's: on a CPU at COCO's image size the sample takes minutes
+    for start in tqdm(range(0, len(indices), batch_size), desc="pseudo-labels", leave=False):
         images, targets = zip(*(dataset[i] for i in indices[start:start + batch_size]))
         dets, rois = teacher_outputs(teacher, [image.to(device) for image in images], cfg)
         for det, target, (boxes, weights) in zip(dets, targets, rois):
