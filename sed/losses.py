@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 import sed.rpn
 from sed.roi_heads import class_deltas
+from sed.teacher import hard_labels_on
 from sed.views import SIZE_DIVISIBLE
 
 BOX_LOSSES = ("loss_rpn_box_reg", "loss_box_reg")  # the box regression terms of sed.rpn and sed.roi_heads
@@ -306,7 +307,7 @@ def full_size_rois_used(cfg):
     with --hard-label-rois teacher."""
     return ((cfg.distill and cfg.distill_roi)
             or (cfg.scale_consistency and cfg.scale_roi and cfg.scale_target != "teacher")
-            or ((cfg.hard_pseudo_labels or not cfg.distill) and cfg.hard_label_rois == "teacher"))
+            or (hard_labels_on(cfg) and cfg.hard_label_rois == "teacher"))
 
 
 def sed_losses(student, strong_batch, small_batch, soft, cfg):
@@ -315,7 +316,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
     The student runs once on the full-size strong view (its outputs feed self-distillation, are the
     scale targets and, with hard labels, its features and RPN head outputs feed that loss too) and, with scale
     consistency, once on the 0.5x view. cfg.distill: section 1;
-    cfg.scale_consistency: section 2; cfg.hard_pseudo_labels or not cfg.distill: the hard
+    cfg.scale_consistency: section 2; sed.teacher.hard_labels_on: the hard
     pseudo-label loss. Sum the values for L_unsup; there is no "total" key.
     """
     losses = {}
@@ -330,7 +331,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
         small_proposals = [p / 2 for p in soft.proposals] if cfg.scale_roi else None
         small = student_outputs(student, small_batch, small_proposals, soft.roi_labels)
         losses |= scale_consistency_loss(small, full, soft, cfg)
-    if cfg.hard_pseudo_labels or not cfg.distill:
+    if hard_labels_on(cfg):
         losses |= hard_pseudo_label_loss(student, strong_batch, soft, cfg, full)
     return losses
 

@@ -59,6 +59,12 @@ class SoftTargets:
     detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
 
 
+def hard_labels_on(cfg):
+    """Whether the hard pseudo-label loss runs, so that the teacher must detect: --hard-pseudo-labels, or
+    without --distill, where the hard labels are the teacher's only signal to the student."""
+    return cfg.hard_pseudo_labels or not cfg.distill
+
+
 @torch.no_grad()
 def predict_soft(teacher, weak_batch, cfg):
     """Teacher forward on the weak batch (from sed.views.make_views) -> SoftTargets.
@@ -73,7 +79,7 @@ def predict_soft(teacher, weak_batch, cfg):
     all_proposals = teacher.rpn.propose(anchors, obj, deltas, weak_batch.image_sizes)
     proposals = [p[:cfg.teacher_proposals] for p in all_proposals]
     obj, deltas = (x.float() for x in sed.rpn.flatten_outputs(obj, deltas))  # float32 targets under autocast
-    hard = cfg.hard_pseudo_labels or not cfg.distill
+    hard = hard_labels_on(cfg)
     class_logits, box_deltas = teacher.roi_heads.predict(feats, all_proposals if hard else proposals)
     detections = None
     if hard:  # = teacher.detect(weak_batch), reusing the features and the RoI outputs
