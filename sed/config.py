@@ -24,6 +24,7 @@ METHODS = ("supervised", "sed")
 SCALE_TARGETS = ("student", "mutual", "teacher")
 HARD_LABEL_ROIS = ("student", "teacher")
 DISTILL_NORMS = ("count", "weight", "split")
+DISTILL_REG_NORMS = ("weight", "count")
 
 
 def _help(text, default=dataclasses.MISSING, default_factory=dataclasses.MISSING):
@@ -158,6 +159,10 @@ class TrainConfig:
                                       "self-distillation and scale) against the classification terms; 0 (the "
                                       "default, README \"Experiment\") leaves boxes to the supervised and the "
                                       "hard-label box losses", 0.0)
+    distill_reg_norm: str = _help("design choice: normalisation of the box-delta distillation: weight (sum w l / "
+                                  "sum w over the confident anchors or RoIs, SED_NOTES section 3) | count (sum w "
+                                  "l / N over all of them, as the supervised box losses divide by all sampled "
+                                  "anchors / RoIs)", "weight")
     distill_reg_threshold: float = _help("design choice, deviates from SED_NOTES section 3 (no hard threshold): "
                                          "distil box deltas only where the teacher's foreground probability "
                                          "is at least this (0 = everywhere, weighted)", 0.5)
@@ -231,7 +236,7 @@ ONLY_WITH = {"distill": ("distill_rpn", "distill_roi"),
 # scale term read them (sed/losses.py); the hard labels alone do not.
 SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors", "distill_temperature",
                       "weight_gamma", "weight_floor", "distill_norm", "target_sharpen", "distill_reg_weight",
-                      "distill_reg_threshold", "teacher_proposals", "confidence_weighted_deltas",
+                      "distill_reg_norm", "distill_reg_threshold", "teacher_proposals", "confidence_weighted_deltas",
                       "distill_smooth_l1_beta"}
 
 
@@ -240,7 +245,7 @@ def unused_fields(cfg):
     - every SED setting of a supervised run;
     - those of a switched-off component (ONLY_WITH), and the soft targets' without distillation and scale term;
     - --target-sharpen when nothing learns from the teacher's soft targets (only the self-distillation and
-      --scale-target teacher do); --distill-reg-threshold, --distill-smooth-l1-beta and
+      --scale-target teacher do); --distill-reg-norm, --distill-reg-threshold, --distill-smooth-l1-beta and
       --confidence-weighted-deltas when no box delta is distilled, the last also when every weight is the
       re-weighting's (--reweight --reweight-anchors);
     - --burn-in-copy without a burn-in;
@@ -258,7 +263,8 @@ def unused_fields(cfg):
     if not (cfg.distill or (cfg.scale_consistency and cfg.scale_target == "teacher")):
         unused.add("target_sharpen")
     if cfg.distill_reg_weight == 0:
-        unused |= {"distill_reg_threshold", "distill_smooth_l1_beta", "confidence_weighted_deltas"}
+        unused |= {"distill_reg_norm", "distill_reg_threshold", "distill_smooth_l1_beta",
+                   "confidence_weighted_deltas"}
     if cfg.reweight and cfg.reweight_anchors:
         unused.add("confidence_weighted_deltas")
     if cfg.burn_in_iters == 0:
@@ -336,6 +342,8 @@ def validate(cfg: TrainConfig, check_files=True):
         (cfg.method in METHODS, f"method must be one of {METHODS}, got {cfg.method!r}"),
         (cfg.dtype in DTYPES, f"dtype must be one of {DTYPES}, got {cfg.dtype!r}"),
         (cfg.distill_norm in DISTILL_NORMS, f"distill_norm must be one of {DISTILL_NORMS}, got {cfg.distill_norm!r}"),
+        (cfg.distill_reg_norm in DISTILL_REG_NORMS,
+         f"distill_reg_norm must be one of {DISTILL_REG_NORMS}, got {cfg.distill_reg_norm!r}"),
         (cfg.distill_reg_weight >= 0, f"distill_reg_weight must be >= 0, got {cfg.distill_reg_weight}"),
         (cfg.target_sharpen > 0, f"target_sharpen must be > 0, got {cfg.target_sharpen}"),
         (cfg.scale_target in SCALE_TARGETS, f"scale_target must be one of {SCALE_TARGETS}, got {cfg.scale_target!r}"),
@@ -544,6 +552,7 @@ def build_parser():
             kwargs = dict(type=f.type)
         choices = {"method": METHODS, "dtype": DTYPES, "scale_target": SCALE_TARGETS,
                    "hard_label_rois": HARD_LABEL_ROIS, "distill_norm": DISTILL_NORMS,
+                   "distill_reg_norm": DISTILL_REG_NORMS,
                    "backbone_norm": ("frozen_bn", "group"), "backbone": tuple(RESNETS)}
         if f.name in choices:
             kwargs["choices"] = choices[f.name]

@@ -41,6 +41,8 @@ regression too):
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
                       default 0 leaves boxes to the supervised loss, README "Experiment")
+    sed_box_count     sed_box with the box terms divided by all their anchors / RoIs, as the supervised box
+                      losses are (--distill-reg-norm count; the weight sum divides by the confident ones)
     sed_split         SED with foreground and background normalised separately (--distill-norm split)
     sed_weightsum     SED with the weighted terms normalised by their weight sum (--distill-norm weight,
                       SED_NOTES section 3 as written; the default divides by their number, README
@@ -111,6 +113,7 @@ ROWS = {"supervised": None,
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],
+        "sed_box_count": ["--distill-reg-weight", "1", "--distill-reg-norm", "count", *FIGURE_1],
         "sed_split": ["--distill-norm", "split", *FIGURE_1],
         "sed_weightsum": ["--distill-norm", "weight", *FIGURE_1],
         "sed_anchors": ["--reweight-anchors", "--distill-norm", "weight", *FIGURE_1],

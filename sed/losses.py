@@ -2,7 +2,7 @@
 
     foreground_weights       section 3: teacher-confidence weights, detached
     weighted_mean            section 3: sum_i w_i l_i / (sum_i w_i + eps)
-    classification_mean      sum w l / N (--distill-norm count), weighted_mean, or fg / bg halves
+    distill_mean             sum w l / N (count), weighted_mean (weight), or fg / bg halves (split)
     bernoulli_kl             KL between two objectness probabilities, from their logits
     rpn_distillation_loss    section 1: per-anchor Bernoulli KL to the teacher's objectness + smooth L1 deltas
     roi_distillation_loss    section 1: per-RoI KL over C+1 classes + smooth L1 deltas of the teacher's class
@@ -72,23 +72,27 @@ def weighted_mean(loss, weight):
     return (weight * loss).sum() / (weight.sum() + EPS)
 
 
-def classification_mean(loss, weight, p_fg, cfg):
-    """The classification distillation's mean over anchors or RoIs. loss, weight, p_fg: [N].
+def distill_mean(loss, weight, p_fg, norm):
+    """The mean over anchors or RoIs of a distillation term (classification or box deltas). loss, weight,
+    p_fg: [N]; norm: cfg.distill_norm for the classes, cfg.distill_reg_norm for the box deltas.
 
-    cfg.distill_norm "count" (design choice, the default; README "Experiment"): sum_i w_i l_i / N. The
+    "count" (design choice, the classes' default; README "Experiment"): sum_i w_i l_i / N. The
     weights screen background down, as section 3 wants, without renormalising the loss onto the few
     probable objects: the notes' weight-sum normalisation gives the RoIs half-covering an object
     (teacher p_fg 0.3-0.7, IoU-labelled background by the supervised RoI loss) most of the weight,
-    as it did for the anchors. Anchors, whose weights are 1 by default, get their plain mean.
-    "weight": weighted_mean over all N (SED_NOTES section 3 as written).
-    "split" (design choice, SED_NOTES "Known failure mode"): the probable foreground (teacher
+    as it did for the anchors. Anchors, whose class weights are 1 by default, get their plain mean.
+    For the box deltas (design choice, --distill-reg-norm count) it is the supervised box losses' rule:
+    torchvision's RPN and RoI box losses sum over the positives and divide by all sampled anchors / RoIs,
+    where the weight sum divides by the few confident ones only.
+    "weight": weighted_mean over all N (SED_NOTES section 3 as written; the box deltas' default).
+    "split" (classes only; design choice, SED_NOTES "Known failure mode"): the probable foreground (teacher
     p_fg >= 0.5) and the rest are weighted means of their own, half each, so that thousands of
     background anchors cannot outweigh a few objects (as the balanced anchor and RoI sampling of
     the supervised Faster R-CNN losses does, torchvision's positive_fraction).
     """
-    if cfg.distill_norm == "count":
+    if norm == "count":
         return weighted_mean(weight.detach() * loss, torch.ones_like(loss))  # with w = 1: "weight", bit for bit
-    if cfg.distill_norm == "weight":
+    if norm == "weight":
         return weighted_mean(loss, weight)
     fg = p_fg.detach() >= 0.5
     return 0.5 * (weighted_mean(loss[fg], weight[fg]) + weighted_mean(loss[~fg], weight[~fg]))
@@ -128,8 +132,8 @@ def rpn_distillation_loss(logits, deltas, target_logits, target_deltas, p_fg, cf
     w_cls, w_reg = foreground_weights(p_fg.reshape(-1), cfg, anchors=True)
     kl = bernoulli_kl(logits, target_logits)
     reg = smooth_l1(deltas.reshape(-1, 4), target_deltas.reshape(-1, 4), cfg.distill_smooth_l1_beta)
-    reg = cfg.distill_reg_weight * weighted_mean(reg, w_reg)
-    return classification_mean(kl, w_cls, p_fg.reshape(-1), cfg), reg
+    reg = cfg.distill_reg_weight * distill_mean(reg, w_reg, p_fg.reshape(-1), cfg.distill_reg_norm)
+    return distill_mean(kl, w_cls, p_fg.reshape(-1), cfg.distill_norm), reg
 
 
 def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_fg, cfg):
@@ -147,8 +151,9 @@ def roi_distillation_loss(class_logits, deltas, target_probs, target_deltas, p_f
     w_cls, w_reg = foreground_weights(p_fg, cfg)
     log_q = F.log_softmax(class_logits / T, dim=1)
     kl = F.kl_div(log_q, target_probs, reduction="none").sum(dim=1) * T**2  # [P]
-    reg = cfg.distill_reg_weight * weighted_mean(smooth_l1(deltas, target_deltas, cfg.distill_smooth_l1_beta), w_reg)
-    return classification_mean(kl, w_cls, p_fg, cfg), reg
+    reg = smooth_l1(deltas, target_deltas, cfg.distill_smooth_l1_beta)
+    reg = cfg.distill_reg_weight * distill_mean(reg, w_reg, p_fg, cfg.distill_reg_norm)
+    return distill_mean(kl, w_cls, p_fg, cfg.distill_norm), reg
 
 
 @dataclass

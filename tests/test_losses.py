@@ -9,7 +9,7 @@ import torch
 
 import sed
 from sed.config import TrainConfig
-from sed.losses import (SEDObjective, classification_mean, foreground_weights, roi_distillation_loss,
+from sed.losses import (SEDObjective, distill_mean, foreground_weights, roi_distillation_loss,
                         hard_pseudo_label_loss, rpn_distillation_loss, sed_losses, student_outputs,
                         unsup_weight_at, weighted_mean)
 from sed.roi_heads import class_deltas
@@ -57,26 +57,26 @@ def test_split_normalisation_gives_foreground_and_background_half_each():
     # p_fg [0.9, 0.6 | 0.1, 0.1, 0.2] with w = p: foreground (0.9*1 + 0.6*2) / 1.5 = 1.4,
     # background (0.1*4 + 0.1*4 + 0.2*1) / 0.4 = 2.5; split = (1.4 + 2.5) / 2, weight = 3.1 / 1.9
     loss, p = torch.tensor([1.0, 2.0, 4.0, 4.0, 1.0]), torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2])
-    split = classification_mean(loss, p, p, TrainConfig(distill_norm="split"))
+    split = distill_mean(loss, p, p, "split")
     assert split.item() == pytest.approx((1.4 + 2.5) / 2, rel=1e-5)
-    weight_sum = classification_mean(loss, p, p, TrainConfig(distill_norm="weight"))
+    weight_sum = distill_mean(loss, p, p, "weight")
     assert weight_sum.item() == pytest.approx(3.1 / 1.9, rel=1e-5)
 
 
 def test_count_normalisation_divides_by_the_number_of_terms():
     # the same terms: sum w l = 3.1 over 5 terms; with w = 1 it is "weight" exactly (the plain mean)
     loss, p = torch.tensor([1.0, 2.0, 4.0, 4.0, 1.0]), torch.tensor([0.9, 0.6, 0.1, 0.1, 0.2])
-    count = classification_mean(loss, p, p, TrainConfig(distill_norm="count"))
+    count = distill_mean(loss, p, p, "count")
     assert count.item() == pytest.approx(3.1 / 5, rel=1e-5)
     ones = torch.ones(5)
-    assert torch.equal(classification_mean(loss, ones, p, TrainConfig(distill_norm="count")),
-                       classification_mean(loss, ones, p, TrainConfig(distill_norm="weight")))
-    assert classification_mean(loss[:0], p[:0], p[:0], TrainConfig()).item() == 0.0
+    assert torch.equal(distill_mean(loss, ones, p, "count"),
+                       distill_mean(loss, ones, p, "weight"))
+    assert distill_mean(loss[:0], p[:0], p[:0], "count").item() == 0.0
 
 
 def test_split_normalisation_without_foreground_is_half_the_background_mean():
     loss, p = torch.tensor([1.0, 3.0]), torch.tensor([0.1, 0.3])
-    split = classification_mean(loss, p, p, TrainConfig(distill_norm="split"))
+    split = distill_mean(loss, p, p, "split")
     assert split.item() == pytest.approx(0.5 * (0.1 + 0.9) / 0.4, rel=1e-5)
 
 
@@ -206,6 +206,27 @@ def test_roi_distillation_weights_by_teacher_foreground():
     assert reg_loss.item() == 0
     cls_loss, _ = roi_loss(class_logits, torch.zeros(2, 12), soft, TrainConfig())
     assert cls_loss.item() == pytest.approx(0.6 * k / 2, rel=1e-5)
+
+
+def test_box_distillation_count_normalisation_divides_by_all_rois_and_anchors():
+    # three RoIs, teacher p_fg [0.2, 0.6, 0.9], threshold 0.5 -> w_reg [0, 0.6, 0.9]; student deltas off by
+    # [0.5, 0.2, 1.0] in x: weight = sum w l / (0.6 + 0.9), count = sum w l / 3 (all three RoIs)
+    soft = roi_targets(torch.full((3, 3), 1 / 3), torch.tensor([1, 1, 1]), torch.zeros(3, 4),
+                       torch.tensor([0.2, 0.6, 0.9]))
+    box_deltas = torch.zeros(3, 12)
+    box_deltas[:, 4] = torch.tensor([0.5, 0.2, 1.0])   # class 1's dx
+    weighted_sum = 0.6 * smooth_l1(0.2) + 0.9 * smooth_l1(1.0)
+    for norm, divisor in (("weight", 1.5), ("count", 3)):
+        cfg = TrainConfig(distill_reg_weight=1.0, distill_reg_norm=norm)
+        _, reg = roi_loss(torch.zeros(3, 3), box_deltas, soft, cfg)
+        assert reg.item() == pytest.approx(weighted_sum / divisor, rel=1e-5)
+    # the RPN's anchors (weights p_obj, not re-weighted by default): the same rule over all 3 anchors
+    logits, deltas = torch.zeros(3), torch.zeros(3, 4)
+    deltas[:, 0] = torch.tensor([0.5, 0.2, 1.0])
+    p_obj = torch.tensor([0.2, 0.6, 0.9])
+    _, reg = rpn_distillation_loss(logits, deltas, p_obj.logit(), torch.zeros(3, 4), p_obj,
+                                   TrainConfig(distill_reg_weight=1.0, distill_reg_norm="count"))
+    assert reg.item() == pytest.approx(weighted_sum / 3, rel=1e-5)
 
 
 def test_roi_distillation_at_the_teacher_is_zero_with_zero_gradient():
