@@ -240,6 +240,12 @@ SOFT_TARGET_FIELDS = {"scale_target", "scale_roi", "reweight", "reweight_anchors
                       "distill_smooth_l1_beta"}
 
 
+def hard_labels_on(cfg):
+    """Whether the hard pseudo-label loss runs, so that the teacher must detect: --hard-pseudo-labels, or
+    without --distill, where the hard labels are the teacher's only signal to the student."""
+    return cfg.hard_pseudo_labels or not cfg.distill
+
+
 def unused_fields(cfg):
     """The settings a run's switches leave unused, each changing nothing (sed/losses.py, sed/teacher.py):
     - every SED setting of a supervised run;
@@ -271,7 +277,7 @@ def unused_fields(cfg):
         unused.add("burn_in_copy")
     if not cfg.distill:
         unused.add("hard_pseudo_labels")
-    no_hard_labels = cfg.distill and not cfg.hard_pseudo_labels
+    no_hard_labels = not hard_labels_on(cfg)
     student_rois_only = not (cfg.distill or (cfg.scale_consistency and cfg.scale_target != "teacher"))
     if no_hard_labels or student_rois_only:
         unused.add("hard_label_rois")  # no box-head outputs on the teacher's proposals to reuse

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import sed.rpn
+from sed.config import hard_labels_on
 from sed.roi_heads import class_deltas
-from sed.teacher import hard_labels_on
 from sed.views import SIZE_DIVISIBLE
 
 BOX_LOSSES = ("loss_rpn_box_reg", "loss_box_reg")  # the box regression terms of sed.rpn and sed.roi_heads
@@ -321,7 +321,7 @@ def sed_losses(student, strong_batch, small_batch, soft, cfg):
     The student runs once on the full-size strong view (its outputs feed self-distillation, are the
     scale targets and, with hard labels, its features and RPN head outputs feed that loss too) and, with scale
     consistency, once on the 0.5x view. cfg.distill: section 1;
-    cfg.scale_consistency: section 2; sed.teacher.hard_labels_on: the hard
+    cfg.scale_consistency: section 2; sed.config.hard_labels_on: the hard
     pseudo-label loss. Sum the values for L_unsup; there is no "total" key.
     """
     losses = {}

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 import sed.rpn
+from sed.config import hard_labels_on
 from sed.roi_heads import class_deltas
 
 
@@ -57,12 +58,6 @@ class SoftTargets:
     roi_deltas: Tensor       # [P, 4] deltas of that class (model.roi_heads.box_coder, weights 10,10,5,5)
     roi_fg: Tensor           # [P] 1 - p_background at temperature 1: the RoI weight of SED_NOTES section 3
     detections: list = None  # per image {"boxes", "scores", "labels"} (batch coordinates), for hard labels
-
-
-def hard_labels_on(cfg):
-    """Whether the hard pseudo-label loss runs, so that the teacher must detect: --hard-pseudo-labels, or
-    without --distill, where the hard labels are the teacher's only signal to the student."""
-    return cfg.hard_pseudo_labels or not cfg.distill
 
 
 @torch.no_grad()
