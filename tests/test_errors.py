@@ -50,9 +50,9 @@ def data(tiny_coco):
 
 
 @pytest.fixture(scope="module")
-def ckpt(data, tmp_path_factory):
+def ckpt(data, module_tmp):
     """A 1-iteration supervised checkpoint (in process: no subprocess cost)."""
-    out = tmp_path_factory.mktemp("run")
+    out = module_tmp / "run"
     _train_module().main(train_args(data, out)[1:])
     return out / "last.pt"
 

@@ -29,10 +29,10 @@ LABEL_TO_CAT_ID = {1: 1, 2: 3, 3: 7, 4: 8, 5: 12}
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(module_tmp):
     """Synthetic data and a random-weight checkpoint whose class-1 logit is raised by 5, so that
     detections with scores above 0.5 exist."""
-    tmp = tmp_path_factory.mktemp("eval_cli")
+    tmp = module_tmp
     data = generate(tmp / "shapes", num_train=4, num_val=3, seed=0, image_size=64)
     torch.manual_seed(0)
     model = sed.build_model(5, backbone="resnet18", backbone_weights=None, min_size=64, max_size=64)

@@ -24,11 +24,11 @@ def random_model(backbone, num_classes=5, seed=0):
 
 
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
+def ckpt(module_tmp):
     """An SED-like checkpoint whose teacher and student differ."""
     config = dataclasses.asdict(TrainConfig(num_classes=5, backbone="resnet18", min_size=(96, 128),
                                             max_size=160))
-    path = tmp_path_factory.mktemp("export") / "last.pt"
+    path = module_tmp / "last.pt"
     save_checkpoint(path, {"model": random_model("resnet18", seed=1).state_dict(), "iteration": 7,
                            "config": config, "teacher": random_model("resnet18", seed=0).state_dict()})
     return path
