@@ -37,6 +37,9 @@ regression too):
                       stop 26 (docs/experiment/stop26)
     sed_hard_no_distill_64_proposals  sed_hard_no_distill on 64 teacher proposals per image instead of 32
                       (docs/experiment/stop27)
+    sed_hard_no_distill_box  sed_hard_no_distill with the scale link's box deltas on (--distill-reg-weight 1
+                      --distill-reg-norm count: SED_NOTES section 2's "same distances as section 1";
+                      docs/experiment/stop39)
     sed_mutual        SED with --scale-target mutual
     sed_teacher       SED with --scale-target teacher (the 0.5x view against the teacher)
     sed_box           SED with the box-delta distillation at full weight (--distill-reg-weight 1; the
@@ -110,6 +113,7 @@ ROWS = {"supervised": None,
         "sed_hard_0.9": ["--pseudo-threshold", "0.9", *HARD],
         "sed_hard_no_distill": NO_DISTILL,
         "sed_hard_no_distill_64_proposals": ["--teacher-proposals", "64", *NO_DISTILL],
+        "sed_hard_no_distill_box": ["--distill-reg-weight", "1", "--distill-reg-norm", "count", *NO_DISTILL],
         "sed_mutual": ["--scale-target", "mutual", *FIGURE_1],
         "sed_teacher": ["--scale-target", "teacher", *FIGURE_1],
         "sed_box": ["--distill-reg-weight", "1", *FIGURE_1],

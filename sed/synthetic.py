@@ -1,7 +1,7 @@
 """A synthetic COCO-format detection data set: the data of the tests, the quick start and the
 small-scale experiments.
 
-Thirteen families (`--family`, `FAMILIES`):
+Fourteen families (`--family`, `FAMILIES`):
 - shapes (the default, on which every setting of the project was developed): a random background
   (a linear gradient between two muted colours), clutter that is not one of the classes (thin
   lines, arcs, pixel-noise blobs) and 0-8 filled shapes of five classes drawn in random order
@@ -36,6 +36,9 @@ Thirteen families (`--family`, `FAMILIES`):
 - emblems: generated at stop 34, before any run on it, a twelfth family for checking the default on data
   no setting has seen: cups, zeds and trefoils (1-5 per image, 6 px to 0.5 of the image side) on specks
   of a second colour with clutter;
+- crests: generated at stop 39, before any run on it, a thirteenth family for checking a candidate default
+  on data no setting has seen: shields, keys and bells (1-6 per image, 5 px to 0.5 of the image side) on
+  zigzag bands of two colours with clutter;
 - easy: three of the shapes, 16 px to 0.7 of the image side, at most 3 per image, no clutter
   (`make demo`).
 The shapes family reproduces, in miniature, what SED targets:
@@ -69,7 +72,7 @@ class Family:
     max_object_fraction: float  # largest object side as a fraction of the shorter image side
     max_objects: int         # objects per non-empty image: uniform in 1..max_objects
     background: str          # "gradient" | "noise" (smoothed colour noise) | "stripes" | "checker" | "dots" | "plaid"
-    #                          | "grid" | "ripples" | "bricks" | "mosaic" | "speckle"
+    #                          | "grid" | "ripples" | "bricks" | "mosaic" | "speckle" | "zigzag"
     clutter: bool            # lines, arcs and noise patches that are not objects
 
 
@@ -103,6 +106,8 @@ FAMILIES = {
     "stencils": Family(((34, "crown", 0.4), (35, "pill", 0.35), (36, "comb", 0.25)), 5, 0.5, 6, "mosaic", True),
     # a twelfth family, generated at stop 34 before any run on it: other classes, specks of a second colour
     "emblems": Family(((37, "cup", 0.4), (38, "zed", 0.35), (39, "trefoil", 0.25)), 6, 0.5, 5, "speckle", True),
+    # a thirteenth family, generated at stop 39 before any run on it: other classes, zigzag bands
+    "crests": Family(((40, "shield", 0.4), (41, "key", 0.35), (42, "bell", 0.25)), 5, 0.5, 6, "zigzag", True),
     # make demo: three of the shapes, larger and fewer, no clutter: learnt from scratch in minutes
     "easy": Family(((1, "rectangle", 0.5), (3, "ellipse", 0.3), (7, "triangle", 0.2)), 16, 0.7, 3,
                    "gradient", False),
@@ -219,6 +224,17 @@ def _draw_shape(name, w, h):
         d.ellipse([r / 4, 0, 3 * r / 4, b / 2], fill=255)
         d.ellipse([0, b / 2, r / 2, b], fill=255)
         d.ellipse([r / 2, b / 2, r, b], fill=255)
+    elif name == "shield":      # straight sides over the upper 0.55 of the box, then two edges to a bottom point
+        d.polygon([(0, 0), (r, 0), (r, 0.55 * b), (r / 2, b), (0, 0.55 * b)], fill=255)
+    elif name == "key":         # a bow (disc) at the top left, a shaft to the right, two teeth hanging from it
+        d.ellipse([0, 0, 0.45 * r, 0.6 * b], fill=255)
+        d.rectangle([0.35 * r, 0.2 * b, r, 0.4 * b], fill=255)
+        d.rectangle([0.6 * r, 0.4 * b, 0.75 * r, b], fill=255)
+        d.rectangle([0.85 * r, 0.4 * b, r, 0.8 * b], fill=255)
+    elif name == "bell":        # a dome over the top 0.3, flaring sides, a rim the full width at the bottom
+        d.ellipse([0.2 * r, 0, 0.8 * r, 0.6 * b], fill=255)
+        d.polygon([(0.2 * r, 0.3 * b), (0.8 * r, 0.3 * b), (r, 0.85 * b), (0, 0.85 * b)], fill=255)
+        d.rectangle([0, 0.85 * b, r, b], fill=255)
     elif name in ("star", "hexagon", "pentagon"):  # 5-point star (inner radius 0.45) or polygon, touching its box
         corners = {"star": 10, "hexagon": 6, "pentagon": 5}[name]
         angles = np.pi / 2 + 2 * np.pi * np.arange(corners) / corners
@@ -345,6 +361,18 @@ def _speckle_background(rng, w, h):
     return _blend(c0, c1, cells[ys, xs].astype(float))   # t [h, w] in {0, 1}
 
 
+def _zigzag_background(rng, w, h):
+    """Bands of two muted colours (4-12 px wide) that zigzag across the image (amplitude 4-16 px, period
+    12-40 px), horizontally or vertically at random -> (image, colours)."""
+    c0, c1 = rng.uniform(60, 190, size=(2, 3))
+    band, amplitude, period = rng.uniform(4, 12), rng.uniform(4, 16), rng.uniform(12, 40)
+    ys, xs = np.mgrid[0:h, 0:w]
+    along, across = (xs, ys) if rng.random() < 0.5 else (ys, xs)
+    triangle = np.abs((along / period) % 2 - 1)                      # [h, w] in [0, 1]
+    t = ((across + amplitude * triangle) // band % 2).astype(float)  # [h, w] in {0, 1}
+    return _blend(c0, c1, t)
+
+
 def _object_colour(rng, bg_colours):
     """A random colour far from every background colour (visible contrast)."""
     while True:
@@ -379,7 +407,7 @@ def _render(rng, w, h, empty, family):
                    "checker": _checker_background, "dots": _dots_background, "plaid": _plaid_background,
                    "grid": _grid_background, "ripples": _ripples_background,
                    "bricks": _bricks_background, "mosaic": _mosaic_background,
-                   "speckle": _speckle_background}
+                   "speckle": _speckle_background, "zigzag": _zigzag_background}
     img, bg_colours = backgrounds[family.background](rng, w, h)
     if family.clutter:
         _clutter(rng, img)

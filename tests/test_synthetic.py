@@ -103,7 +103,8 @@ def test_blended_families_classes_and_background(tmp_path, family, ids, backgrou
                                                     ("marks", [19, 20, 21], synthetic._dots_background),
                                                     ("badges", [25, 26, 27], synthetic._grid_background),
                                                     ("tiles", [31, 32, 33], synthetic._bricks_background),
-                                                    ("emblems", [37, 38, 39], synthetic._speckle_background)])
+                                                    ("emblems", [37, 38, 39], synthetic._speckle_background),
+                                                    ("crests", [40, 41, 42], synthetic._zigzag_background)])
 def test_two_colour_families_classes_and_background(tmp_path, family, ids, background):
     paths = synthetic.generate(tmp_path, num_train=20, num_val=2, seed=0, image_size=64, family=family)
     coco = COCO(str(paths["train_ann"]))
