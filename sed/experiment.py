@@ -65,8 +65,8 @@ Within a seed every row starts from the same supervised burn-in checkpoint (pair
 COCO metrics of the evaluated model, the teacher's pseudo-label diagnostics, the commit, the exact
 flags and the checksum of its burn-in's weights); runs whose file exists are skipped (a file from other
 settings is a one-line error, and so is one from another burn-in of the same seed: the code changed
-since, and a new row would not be paired with it), and results.md and results.png are rendered from
-all the files, so seeds can be added one at a time.
+since, or the machine rounds floats otherwise, and a new row would not be paired with it), and results.md
+and results.png are rendered from all the files, so seeds can be added one at a time.
 Runs go --parallel at a time with one thread each.
 """
 import argparse
@@ -293,12 +293,13 @@ def check_pairing(results, seed, checksum):
     to the last digit means the same burn-in)."""
     unrecorded = []
     for path in sorted(results.glob(f"*_seed{seed}.json")):
-        saved = json.loads(path.read_text()).get("burn_in")
-        if saved is None:
+        record = json.loads(path.read_text())
+        if record.get("burn_in") is None:
             unrecorded.append(path.name)
-        elif saved != checksum:
-            raise SystemExit(f"error: {path} started from another burn-in than today's seed {seed} (the code "
-                             "changed since it ran): a new row would not be paired with it; choose another "
+        elif record["burn_in"] != checksum:
+            raise SystemExit(f"error: {path} started from another burn-in than today's seed {seed} (it ran at "
+                             f"{record.get('commit', '?')[:7]}; the code changed since, or this machine rounds "
+                             "floats otherwise: stop 39): a new row would not be paired with it; choose another "
                              "--results folder and rerun the rows to compare")
     if unrecorded:
         print(f"warning: {results}: {', '.join(unrecorded)} record no burn-in checksum; a new row of seed {seed} "

@@ -297,7 +297,8 @@ def test_the_lr_step_is_three_quarters_of_the_way_after_the_burn_in_unless_given
 
 def test_a_new_row_pairs_only_with_saved_runs_of_the_same_burn_in(tmp_path, capsys):
     """The burn-in's checksum is the weights' (not the file's), and a seed's saved runs from another burn-in
-    (the code changed since) stop the invocation in one line; runs that record none are named in a warning."""
+    (the code changed since, or another machine's rounding) stop the invocation in one line, naming their
+    commit; runs that record none are named in a warning."""
     for weights, name in [(torch.ones(2), "a.pt"), (torch.ones(2), "b.pt"), (torch.tensor([1.0, 2.0]), "c.pt")]:
         save_checkpoint(tmp_path / name, {"model": {"w": weights}, "iteration": 2, "config": {"out": name}})
     same, other = burn_in_checksum(tmp_path / "a.pt"), burn_in_checksum(tmp_path / "c.pt")
@@ -305,10 +306,11 @@ def test_a_new_row_pairs_only_with_saved_runs_of_the_same_burn_in(tmp_path, caps
     results = tmp_path / "results"
     results.mkdir()
     (results / "supervised_seed0.json").write_text(json.dumps({"burn_in": same}))
-    (results / "sed_seed1.json").write_text(json.dumps({"burn_in": other}))
+    (results / "sed_seed1.json").write_text(json.dumps({"burn_in": other, "commit": "c4d682e75465b0ef"}))
     check_pairing(results, 0, same)
     assert capsys.readouterr().err == ""
-    with pytest.raises(SystemExit, match="sed_seed1.json started from another burn-in"):
+    with pytest.raises(SystemExit, match=r"sed_seed1.json started from another burn-in than today's seed 1 "
+                                         r"\(it ran at c4d682e; the code changed since, or this machine"):
         check_pairing(results, 1, same)
     (results / "sed_hard_seed0.json").write_text(json.dumps({"row": "sed_hard"}))  # saved before stop 26
     check_pairing(results, 0, same)
